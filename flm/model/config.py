@@ -1,0 +1,62 @@
+"""The backbone's own small configuration (ARCHITECTURE.md rule 3)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+__all__ = ["DiTConfig"]
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Shape and options of the DiT backbone.
+
+    Attributes:
+        vocab_size: ``V``, width of the input embedding and of the output head.
+        d_model: hidden width ``d``.
+        n_layers: number of transformer blocks.
+        n_heads: attention heads (``d_model`` must be divisible by it).
+        mlp_ratio: MLP hidden width as a multiple of ``d_model``.
+        cond_dim: width of the time-conditioning vector ``c``.
+        n_times: time inputs: 0 (none, e.g. an AR judge), 1 (FLM ``τ``), 2 (flow map ``τ_s, τ_t``).
+        causal: causal attention (autoregressive use); bidirectional otherwise.
+        dropout: dropout on attention and MLP outputs.
+        attn_impl: ``"sdpa"`` (torch ``scaled_dot_product_attention``) or ``"flash"`` (flash-attn,
+            imported lazily, CUDA only).
+        rope_base: rotary embedding base.
+        time_freq_dim: width of the sinusoidal time features.
+    """
+
+    vocab_size: int
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    cond_dim: int = 128
+    n_times: int = 1
+    causal: bool = False
+    dropout: float = 0.0
+    attn_impl: Literal["sdpa", "flash"] = "sdpa"
+    rope_base: float = 10000.0
+    time_freq_dim: int = 256
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 2:
+            raise ValueError(f"DiTConfig.vocab_size must be >= 2, got {self.vocab_size}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"DiTConfig.d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError("DiTConfig: head dimension d_model / n_heads must be even (rotary embeddings)")
+        if self.n_times not in (0, 1, 2):
+            raise ValueError(f"DiTConfig.n_times must be 0, 1 or 2, got {self.n_times}")
+        if self.attn_impl not in ("sdpa", "flash"):
+            raise ValueError(f"DiTConfig.attn_impl must be 'sdpa' or 'flash', got {self.attn_impl!r}")
+
+    def replace(self, **changes: Any) -> DiTConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; ``DiTConfig(**d)`` rebuilds it."""
+        return asdict(self)

@@ -1,0 +1,78 @@
+"""The DiT backbone: tokens, times and logits; nothing about FLM (ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flm.model.config import DiTConfig
+from flm.model.layers import DiTBlock, FinalLayer, TimeEmbedding
+
+__all__ = ["DiT"]
+
+
+class DiT(nn.Module):
+    """Diffusion transformer over a sequence of states in embedding space.
+
+    The first layer is linear, ``z ↦ zE`` with ``E = self.embedding`` ``(V, d)``; callers give the
+    network its input already projected (``h``), which makes three input kinds one:
+    token ids (:meth:`embed_ids`, ``E[x]``), dense ``V``-wide states (:meth:`embed_dense`, ``zE``)
+    and projected states built without ever forming ``z`` (MATH.md §3).
+
+    Time conditioning: ``c = emb(τ_s) [+ emb'(τ_t)]``; ``emb'`` exists when ``n_times = 2`` and
+    its last layer starts at zero.
+    """
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.config = config
+        cfg = config
+        self.embedding = nn.Parameter(torch.randn(cfg.vocab_size, cfg.d_model) / cfg.d_model**0.5)
+        cond = cfg.cond_dim if cfg.n_times > 0 else 0
+        self.time_embed = TimeEmbedding(cfg.cond_dim, cfg.time_freq_dim) if cfg.n_times >= 1 else None
+        self.time_embed_2 = (
+            TimeEmbedding(cfg.cond_dim, cfg.time_freq_dim, zero_last=True) if cfg.n_times == 2 else None
+        )
+        self.blocks = nn.ModuleList(
+            DiTBlock(cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cond, cfg.dropout, cfg.causal, cfg.attn_impl,
+                     cfg.rope_base)
+            for _ in range(cfg.n_layers)
+        )
+        self.final = FinalLayer(cfg.d_model, cfg.vocab_size, cond)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def embed_ids(self, ids: Tensor) -> Tensor:
+        """``E[x]``: ``(B, L)`` ids → ``(B, L, d)``."""
+        return F.embedding(ids, self.embedding)
+
+    def embed_dense(self, z: Tensor) -> Tensor:
+        """``zE``: dense ``(B, L, V)`` states → ``(B, L, d)`` (reference path)."""
+        return z.to(self.embedding.dtype) @ self.embedding
+
+    def condition(self, tau_s: Tensor | None, tau_t: Tensor | None = None) -> Tensor | None:
+        """Conditioning vector ``c`` ``(B, cond_dim)`` from ``(B,)`` times, or None when ``n_times = 0``."""
+        if self.time_embed is None:
+            return None
+        if tau_s is None:
+            raise ValueError(f"this DiT has n_times={self.config.n_times}: pass tau_s")
+        c = self.time_embed(tau_s)
+        if self.time_embed_2 is not None:
+            c = c + self.time_embed_2(tau_s if tau_t is None else tau_t)
+        return c
+
+    def forward(self, h: Tensor, tau_s: Tensor | None = None, tau_t: Tensor | None = None) -> Tensor:
+        """Logits ``(B, L, V)`` from projected inputs ``h`` ``(B, L, d)`` and times ``(B,)``.
+
+        For a flow map (``n_times = 2``) ``tau_t`` defaults to ``tau_s`` (the diagonal).
+        """
+        c = self.condition(tau_s, tau_t)
+        x = self.drop(h)
+        for block in self.blocks:
+            x = block(x, c)
+        return self.final(x, c)
+
+    def num_parameters(self, exclude_embedding: bool = False) -> int:
+        """Parameter count, optionally without the input embedding ``E``."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embedding.numel() if exclude_embedding else n

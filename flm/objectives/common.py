@@ -1,0 +1,56 @@
+"""Pieces shared by the objectives: the loss record, soft cross entropy, projected sampling parts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flm.flow import noise_factor, sample_projected_noise
+
+__all__ = ["LossOutput", "ProjectedSpace", "soft_cross_entropy", "token_cross_entropy"]
+
+
+@dataclass
+class LossOutput:
+    """What an objective returns: the scalar to minimize and detached scalars to log."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+def token_cross_entropy(logits: Tensor, x: Tensor) -> Tensor:
+    """``-log p(x_l)`` per token, computed in float32: ``(B, L, V)``, ``(B, L)`` → ``(B, L)``."""
+    return F.cross_entropy(logits.float().flatten(0, 1), x.flatten(), reduction="none").view_as(x)
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """``-Σ_v target_v log softmax(logits)_v`` per token: ``(B, L, V)`` x2 → ``(B, L)``."""
+    return -(target.float() * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+
+
+class ProjectedSpace:
+    """The state space ``h = zE`` of one embedding ``E`` ``(V, d)`` (MATH.md §3).
+
+    Gives samplers their three callables without any ``V``-wide noise or state:
+    fresh noise ``ξF``, and the lift ``p ↦ pE`` of probabilities into the space.
+    """
+
+    def __init__(self, embedding: Tensor) -> None:
+        self.embedding = embedding
+        self.factor = noise_factor(embedding)
+
+    def noise(self, shape: tuple[int, int], generator: torch.Generator | None = None) -> Tensor:
+        """``(B, L, d)`` projected Gaussian noise ``ξF``."""
+        return sample_projected_noise(self.factor, shape, generator)
+
+    def noise_fn(self, shape: tuple[int, int], generator: torch.Generator | None) -> Callable[[], Tensor]:
+        """A callable returning fresh projected noise (for re-noising samplers)."""
+        return lambda: self.noise(shape, generator)
+
+    def lift(self, p: Tensor) -> Tensor:
+        """``pE``: ``(B, L, V)`` probabilities → ``(B, L, d)``."""
+        return p.to(self.embedding.dtype) @ self.embedding
