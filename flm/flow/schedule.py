@@ -117,7 +117,7 @@ class TimeSchedule(nn.Module):
         self.register_buffer("gamma_table", gamma.clone(), persistent=False)
         self.register_buffer("tau_table", tau.clone(), persistent=False)
 
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 - device moves only, never a dtype cast
+    def _apply(self, fn, recurse=True):
         device = fn(torch.zeros((), device=self.gamma_table.device)).device
         self.gamma_table = self.gamma_table.to(device)
         self.tau_table = self.tau_table.to(device)

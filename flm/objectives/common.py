@@ -11,7 +11,7 @@ from torch import Tensor
 
 from flm.flow import noise_factor, sample_projected_noise
 
-__all__ = ["LossOutput", "ProjectedSpace", "soft_cross_entropy", "token_cross_entropy"]
+__all__ = ["LossOutput", "ProjectedSpace", "at_least_float32", "soft_cross_entropy", "token_cross_entropy"]
 
 
 @dataclass
@@ -22,14 +22,20 @@ class LossOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
+def at_least_float32(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is a lower-precision float (bf16/fp16), else unchanged (float64 stays)."""
+    return t.float() if t.is_floating_point() and t.element_size() < 4 else t
+
+
 def token_cross_entropy(logits: Tensor, x: Tensor) -> Tensor:
-    """``-log p(x_l)`` per token, computed in float32: ``(B, L, V)``, ``(B, L)`` → ``(B, L)``."""
-    return F.cross_entropy(logits.float().flatten(0, 1), x.flatten(), reduction="none").view_as(x)
+    """``-log p(x_l)`` per token, in at least float32: ``(B, L, V)``, ``(B, L)`` → ``(B, L)``."""
+    return F.cross_entropy(at_least_float32(logits).flatten(0, 1), x.flatten(), reduction="none").view_as(x)
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     """``-Σ_v target_v log softmax(logits)_v`` per token: ``(B, L, V)`` x2 → ``(B, L)``."""
-    return -(target.float() * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+    logp = F.log_softmax(at_least_float32(logits), dim=-1)
+    return -(target.to(logp.dtype) * logp).sum(-1)
 
 
 class ProjectedSpace:

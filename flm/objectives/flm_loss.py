@@ -20,7 +20,7 @@ from flm.flow import (
     uniform_grid,
 )
 from flm.model import DiT
-from flm.objectives.common import LossOutput, ProjectedSpace, token_cross_entropy
+from flm.objectives.common import LossOutput, ProjectedSpace, at_least_float32, token_cross_entropy
 from flm.objectives.loss_weight import LossWeight
 
 __all__ = ["FLMObjective"]
@@ -77,7 +77,7 @@ class FLMObjective(nn.Module):
     # ---------------------------------------------------------------- sampling
     def denoise(self, h: Tensor, tau: Tensor) -> Tensor:
         """``p_θ(· | h, τ)``: ``(B, L, d)``, ``(B,)`` → probabilities ``(B, L, V)``."""
-        return self.backbone(h, tau).float().softmax(-1)
+        return at_least_float32(self.backbone(h, tau)).softmax(-1)
 
     @torch.no_grad()
     def sample(

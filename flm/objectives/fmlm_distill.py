@@ -31,7 +31,7 @@ from flm.flow import (
     uniform_grid,
 )
 from flm.model import DiT
-from flm.objectives.common import LossOutput, ProjectedSpace, soft_cross_entropy
+from flm.objectives.common import LossOutput, ProjectedSpace, at_least_float32, soft_cross_entropy
 
 __all__ = ["FMLMDistillation", "split_sizes"]
 
@@ -73,11 +73,10 @@ class FMLMDistillation(nn.Module):
     def from_teacher(cls, teacher: DiT, **kwargs: float) -> FMLMDistillation:
         """Student = teacher's weights (pass the EMA copy) plus a zero-initialized second time
         embedding, so ``δ_θ(z; τ, τ') = p^T(z, τ)`` exactly at step 0."""
-        student = DiT(teacher.config.replace(n_times=2))
+        student = DiT(teacher.config.replace(n_times=2)).to(teacher.embedding.device, teacher.embedding.dtype)
         missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
         if unexpected or any(not k.startswith("time_embed_2.") for k in missing):
             raise RuntimeError(f"teacher/student mismatch: missing={missing}, unexpected={unexpected}")
-        student.to(teacher.embedding.device, teacher.embedding.dtype)
         return cls(student, copy.deepcopy(teacher), **kwargs)
 
     def train(self, mode: bool = True) -> FMLMDistillation:
@@ -129,7 +128,7 @@ class FMLMDistillation(nn.Module):
 
     def _teacher_target(self, x: Tensor, gamma: Tensor, tau: Tensor, noise_t: Tensor) -> Tensor:
         h_t = projected_state(x, gamma, noise_t, self.teacher.embedding)
-        return self.teacher(h_t, tau).float().softmax(-1)
+        return at_least_float32(self.teacher(h_t, tau)).softmax(-1)
 
     def _semigroup_target(self, h_s: Tensor, tau_s: Tensor, tau_t: Tensor) -> Tensor:
         """``δ̄ = λ D_su + (1-λ) D_ut`` with ``D_ut`` evaluated at ``X_{s,u}(z_s)`` (MATH.md §2)."""
@@ -143,7 +142,7 @@ class FMLMDistillation(nn.Module):
     # ---------------------------------------------------------------- sampling
     def denoise(self, h: Tensor, tau_s: Tensor, tau_t: Tensor) -> Tensor:
         """``δ_θ(z; τ_s, τ_t)`` from projected ``h`` ``(B, L, d)`` → probabilities ``(B, L, V)``."""
-        return self.student(h, tau_s, tau_t).float().softmax(-1)
+        return at_least_float32(self.student(h, tau_s, tau_t)).softmax(-1)
 
     @torch.no_grad()
     def sample(
