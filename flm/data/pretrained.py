@@ -73,15 +73,18 @@ def _named_specials(configs: list[Path]) -> dict[str, str]:
 def _pick(
     tokenizer: Tokenizer, explicit: str | None, param: str, named: list[str | None], guesses: tuple[str, ...]
 ) -> int | None:
+    """The id of the explicit token, else of a token named in the configs, else of a guess
+    that is one of the tokenizer's special tokens (never an ordinary word that looks like one)."""
     if explicit is not None:
         index = tokenizer.token_to_id(explicit)
         if index is None:
             raise DataError(f"data.tokenizer.{param}: {explicit!r} is not in the tokenizer's vocabulary")
         return index
-    for token in [*named, *guesses]:
+    for token in named:
         if token is not None and tokenizer.token_to_id(token) is not None:
             return tokenizer.token_to_id(token)
-    return None
+    specials = {added.content: index for index, added in tokenizer.get_added_tokens_decoder().items() if added.special}
+    return next((specials[token] for token in guesses if token in specials), None)
 
 
 def load_pretrained(
