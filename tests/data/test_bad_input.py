@@ -75,8 +75,17 @@ def test_directory_and_unknown_suffix(tmp_path: Path) -> None:
     fails_cleanly(FilesSource(paths=(str(tmp_path / "a.csv"),)), tmp_path / "c", r"unsupported file type; known: \.txt")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_file(tmp_path: Path) -> None:
+    """A file that exists but cannot be read, even by root: reading /proc/self/mem at 0 fails."""
+    if not Path("/proc/self/mem").exists():
+        pytest.skip("needs Linux /proc")
+    path = tmp_path / "memory.txt"
+    path.symlink_to("/proc/self/mem")
+    fails_cleanly(FilesSource(paths=(str(path),)), tmp_path / "c", f"cannot read {path}: Input/output error")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_file_without_read_permission(tmp_path: Path) -> None:
     path = tmp_path / "secret.txt"
     path.write_text("hidden")
     path.chmod(0)
