@@ -84,14 +84,18 @@ class _BlockWriter:
                 self.handle.close()
                 self.handle = None
 
+    def discard(self) -> None:
+        """Close the open shard without padding (the caller is abandoning the output)."""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
     def close(self, pad_id: int) -> int:
         """Pad the last block; return the number of PAD tokens written."""
         pad = -self.tokens % self.seq_len
         if pad:
             self._write(np.full(pad, pad_id, dtype=self.dtype))
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
+        self.discard()
         return pad
 
 
@@ -144,13 +148,17 @@ def pack(
         for split in SPLITS:
             docs = corpus["splits"][split]["docs"]
             writer = _BlockWriter(tmp, split, seq_len, dtype, params.shard_tokens)
-            _pack_split(tok, corpus_dir, writer, docs, batch_docs, progress)
-            if writer.tokens < seq_len:
-                raise DataError(
-                    f"data.packing.seq_len: L = {seq_len:,} is larger than the {split} split can fill "
-                    f"({writer.tokens:,} tokens in {docs:,} documents); lower it or use more text"
-                )
-            pad = writer.close(tok.info.pad_id)
+            try:
+                _pack_split(tok, corpus_dir, writer, docs, batch_docs, progress)
+                if writer.tokens < seq_len:
+                    raise DataError(
+                        f"data.packing.seq_len: L = {seq_len:,} is larger than the {split} split can fill "
+                        f"({writer.tokens:,} tokens in {docs:,} documents); lower it or use more text"
+                    )
+                pad = writer.close(tok.info.pad_id)
+            except BaseException:
+                writer.discard()
+                raise
             splits[split] = {
                 "docs": docs,
                 "tokens": writer.tokens,
