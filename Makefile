@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_DATASETS_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test lint
+.PHONY: setup run test lint data
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -30,4 +30,8 @@ test: setup
 	tools/offline $(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check flm tests
+	$(PY) -m ruff check flm tests pipelines
+
+# The DVC data stages alone (corpus -> tokenizer -> packed blocks), offline.
+data: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" tools/offline $(PY) -m dvc repro

@@ -26,6 +26,7 @@ class DiTConfig:
             imported lazily, CUDA only).
         rope_base: rotary embedding base.
         time_freq_dim: width of the sinusoidal time features.
+        time_scale: ``τ`` is multiplied by this before the sinusoids.
     """
 
     vocab_size: int
@@ -40,6 +41,7 @@ class DiTConfig:
     attn_impl: Literal["sdpa", "flash"] = "sdpa"
     rope_base: float = 10000.0
     time_freq_dim: int = 256
+    time_scale: float = 1000.0
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:

@@ -30,9 +30,13 @@ class DiT(nn.Module):
         cfg = config
         self.embedding = nn.Parameter(torch.randn(cfg.vocab_size, cfg.d_model) / cfg.d_model**0.5)
         cond = cfg.cond_dim if cfg.n_times > 0 else 0
-        self.time_embed = TimeEmbedding(cfg.cond_dim, cfg.time_freq_dim) if cfg.n_times >= 1 else None
+        self.time_embed = (
+            TimeEmbedding(cfg.cond_dim, cfg.time_freq_dim, scale=cfg.time_scale) if cfg.n_times >= 1 else None
+        )
         self.time_embed_2 = (
-            TimeEmbedding(cfg.cond_dim, cfg.time_freq_dim, zero_last=True) if cfg.n_times == 2 else None
+            TimeEmbedding(cfg.cond_dim, cfg.time_freq_dim, zero_last=True, scale=cfg.time_scale)
+            if cfg.n_times == 2
+            else None
         )
         self.blocks = nn.ModuleList(
             DiTBlock(cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cond, cfg.dropout, cfg.causal, cfg.attn_impl,

@@ -17,16 +17,18 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class TimeEmbedding(nn.Module):
-    """``τ ↦ MLP(sinusoidal(τ))``: ``(B,)`` → ``(B, cond_dim)``.
+    """``τ ↦ MLP(sinusoidal(scale · τ))``: ``(B,)`` → ``(B, cond_dim)``.
 
     Args:
+        scale: multiplies ``τ`` before the sinusoids (frequencies ``10000^{-i/half}``); a small
+            scale keeps the features smooth in ``τ``.
         zero_last: zero-initialize the last linear layer (the flow map's second embedder
             starts at zero, so a student built from a teacher is the teacher at step 0).
     """
 
-    def __init__(self, cond_dim: int, freq_dim: int = 256, zero_last: bool = False) -> None:
+    def __init__(self, cond_dim: int, freq_dim: int = 256, zero_last: bool = False, scale: float = 1000.0) -> None:
         super().__init__()
-        self.freq_dim = freq_dim
+        self.freq_dim, self.scale = freq_dim, scale
         self.mlp = nn.Sequential(nn.Linear(freq_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
         if zero_last:
             nn.init.zeros_(self.mlp[2].weight)
@@ -35,7 +37,7 @@ class TimeEmbedding(nn.Module):
     def forward(self, tau: Tensor) -> Tensor:
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=tau.device, dtype=torch.float32) / half)
-        args = 1000.0 * tau.float()[:, None] * freqs[None]
+        args = self.scale * tau.float()[:, None] * freqs[None]
         feats = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         return self.mlp(feats.to(self.mlp[0].weight.dtype))
 

@@ -123,7 +123,8 @@ class FMLMDistillation(nn.Module):
                 self._semigroup_target(h_s[n_diag:], tau_s[n_diag:], tau_t[n_diag:]),
             ])
         ce = soft_cross_entropy(logits, target)
-        metrics = {"ce_diag": ce[:n_diag].detach().mean(), "ce_off": ce[n_diag:].detach().mean()}
+        parts = {"ce_diag": ce[:n_diag], "ce_off": ce[n_diag:]}
+        metrics = {name: part.detach().mean() for name, part in parts.items() if part.numel()}
         return LossOutput(ce.mean(), metrics)
 
     def _teacher_target(self, x: Tensor, gamma: Tensor, tau: Tensor, noise_t: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ validation, accumulation, Ray and tracking belongs to the pipeline (``flm/train`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +22,10 @@ __all__ = ["OptimSettings", "build_optimizer", "fit", "lr_at"]
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """AdamW and schedule settings (paper: β2 = 0.999 for FLM, 0.95 for FMLM)."""
+    """AdamW and schedule settings (paper: β2 = 0.999 for FLM, 0.95 for FMLM).
+
+    ``cosine_steps > 0`` decays the rate after warmup along a half cosine to 0 at that step.
+    """
 
     lr: float = 3e-4
     beta1: float = 0.9
@@ -30,12 +34,17 @@ class OptimSettings:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    cosine_steps: int = 0
 
 
 def lr_at(step: int, settings: OptimSettings) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then constant."""
+    """Linear warmup to ``lr`` over ``warmup_steps``, then constant or a half cosine to 0."""
     if settings.warmup_steps > 0 and step < settings.warmup_steps:
         return settings.lr * (step + 1) / settings.warmup_steps
+    if settings.cosine_steps > settings.warmup_steps:
+        span = settings.cosine_steps - settings.warmup_steps
+        progress = min(1.0, (step - settings.warmup_steps) / span)
+        return settings.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     return settings.lr
 
 

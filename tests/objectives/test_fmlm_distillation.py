@@ -68,6 +68,7 @@ def test_diagonal_loss_at_init_is_the_teachers_entropy() -> None:
     tau = torch.rand(6, dtype=torch.float64)
     noise = torch.randn(6, L, D, dtype=torch.float64)
     out = distill.loss(x, tau, tau, noise, noise)
+    assert set(out.metrics) == {"ce_diag"}
     h = (1 - distill.schedule.gamma(tau))[:, None, None] * noise + distill.schedule.gamma(tau)[:, None, None] * (
         teacher.embedding[x]
     )
