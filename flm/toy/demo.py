@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,7 +39,9 @@ class DemoSettings:
     batch: int = 64
     d_model: int = 64
     n_layers: int = 2
-    n_heads: int = 2
+    n_heads: int = 4
+    cond_dim: int = 128
+    cosine: bool = True
     flm: OptimSettings = field(default_factory=lambda: OptimSettings(lr=2e-3, warmup_steps=200, ema_decay=0.999))
     flm_steps: int = 6000
     fmlm: OptimSettings = field(default_factory=lambda: OptimSettings(lr=3e-4, beta2=0.95, ema_decay=0.999))
@@ -106,28 +109,34 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
         x, sec = _timed(lambda nfe=nfe, eps=eps: flm_sample(src.denoiser(schedule), eps, uniform_grid(nfe), schedule))
         rows.append(_score("exact", nfe, x, src, sec))
 
-    config = DiTConfig(s.vocab_size, s.d_model, s.n_layers, s.n_heads, cond_dim=s.d_model)
+    def evaluate(name: str, sample, nfes: tuple[int, ...], seed: int) -> None:
+        for nfe in nfes:
+            x, sec = _timed(lambda nfe=nfe: sample(s.n_samples, s.length, nfe, torch.Generator().manual_seed(seed)))
+            rows.append(_score(name, nfe, x, src, sec))
+
+    flm_opt = replace(s.flm, cosine_steps=s.flm_steps) if s.cosine else s.flm
+    fmlm_opt = replace(s.fmlm, cosine_steps=s.fmlm_steps) if s.cosine else s.fmlm
+    config = DiTConfig(s.vocab_size, s.d_model, s.n_layers, s.n_heads, cond_dim=s.cond_dim)
     flm = FLMObjective(DiT(config))
-    ema, flm_hist = fit(flm, batches, s.flm_steps, s.flm, torch.Generator().manual_seed(s.seed + 4),
-                        ema_of=flm.backbone, progress=progress, desc="FLM")
+    ema, flm_hist = fit(
+        flm, batches, s.flm_steps, flm_opt, torch.Generator().manual_seed(s.seed + 4),
+        ema_of=flm.backbone, progress=progress, desc="FLM",
+    )
     teacher = FLMObjective(ema.module)
     loss = heldout_loss(teacher, heldout, s.seed + 5)
-    for nfe in s.flm_nfe:
-        x, sec = _timed(lambda nfe=nfe: teacher.sample(s.n_samples, s.length, nfe, torch.Generator().manual_seed(s.seed + 11)))
-        rows.append(_score("FLM", nfe, x, src, sec))
+    evaluate("FLM", teacher.sample, s.flm_nfe, s.seed + 11)
 
     fmlm = FMLMDistillation.from_teacher(ema.module)
-    student_ema, fmlm_hist = fit(fmlm, batches, s.fmlm_steps, s.fmlm, torch.Generator().manual_seed(s.seed + 6),
-                                 ema_of=fmlm.student, progress=progress, desc="FMLM")
+    student_ema, fmlm_hist = fit(
+        fmlm, batches, s.fmlm_steps, fmlm_opt, torch.Generator().manual_seed(s.seed + 6),
+        ema_of=fmlm.student, progress=progress, desc="FMLM",
+    )
     fmlm.student.load_state_dict(student_ema.module.state_dict())
     fmlm.eval()
-    for nfe in s.fmlm_nfe:
-        x, sec = _timed(lambda nfe=nfe: fmlm.sample(s.n_samples, s.length, nfe, torch.Generator().manual_seed(s.seed + 12)))
-        rows.append(_score("FMLM", nfe, x, src, sec))
-        if nfe > 1 and s.renoise > 0:
-            x, sec = _timed(lambda nfe=nfe: fmlm.sample(
-                s.n_samples, s.length, nfe, torch.Generator().manual_seed(s.seed + 12), g=s.renoise))
-            rows.append(_score(f"FMLM g={s.renoise}", nfe, x, src, sec))
+    evaluate("FMLM", fmlm.sample, s.fmlm_nfe, s.seed + 12)
+    if s.renoise > 0:
+        renoised = partial(fmlm.sample, g=s.renoise)
+        evaluate(f"FMLM g={s.renoise}", renoised, tuple(n for n in s.fmlm_nfe if n > 1), s.seed + 12)
     return {
         "settings": asdict(s),
         "entropy_per_token": src.entropy_per_token(s.length),
