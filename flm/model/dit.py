@@ -70,11 +70,23 @@ class DiT(nn.Module):
 
         For a flow map (``n_times = 2``) ``tau_t`` defaults to ``tau_s`` (the diagonal).
         """
+        return self.head(self.features(h, tau_s, tau_t))
+
+    def features(self, h: Tensor, tau_s: Tensor | None = None, tau_t: Tensor | None = None) -> Tensor:
+        """The output head's input ``(B, L, d)``: ``forward = head ∘ features``.
+
+        Losses that never hold all ``V``-wide logits at once (chunked cross entropy) start here.
+        """
         c = self.condition(tau_s, tau_t)
         x = self.drop(h)
         for block in self.blocks:
             x = block(x, c)
-        return self.final(x, c)
+        return self.final.features(x, c)
+
+    @property
+    def head(self) -> nn.Linear:
+        """The zero-initialized output projection ``(d → V)``."""
+        return self.final.head
 
     def num_parameters(self, exclude_embedding: bool = False) -> int:
         """Parameter count, optionally without the input embedding ``E``."""

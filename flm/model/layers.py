@@ -136,9 +136,13 @@ class FinalLayer(nn.Module):
                 nn.init.zeros_(lin.weight)
                 nn.init.zeros_(lin.bias)
 
-    def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
+    def features(self, x: Tensor, c: Tensor | None) -> Tensor:
+        """The head's input: normalized, time-modulated features ``(B, L, d)``."""
         x = self.norm(x)
         if self.ada is not None and c is not None:
             shift, scale = self.ada(F.silu(c)).chunk(2, dim=-1)
             x = modulate(x, shift, scale)
-        return self.head(x)
+        return x
+
+    def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
+        return self.head(self.features(x, c))

@@ -7,11 +7,19 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from flm.flow import noise_factor, sample_projected_noise
 
-__all__ = ["LossOutput", "ProjectedSpace", "at_least_float32", "soft_cross_entropy", "token_cross_entropy"]
+__all__ = [
+    "LossOutput",
+    "ProjectedSpace",
+    "at_least_float32",
+    "chunked_token_cross_entropy",
+    "soft_cross_entropy",
+    "token_cross_entropy",
+]
 
 
 @dataclass
@@ -30,6 +38,36 @@ def at_least_float32(t: Tensor) -> Tensor:
 def token_cross_entropy(logits: Tensor, x: Tensor) -> Tensor:
     """``-log p(x_l)`` per token, in at least float32: ``(B, L, V)``, ``(B, L)`` → ``(B, L)``."""
     return F.cross_entropy(at_least_float32(logits).flatten(0, 1), x.flatten(), reduction="none").view_as(x)
+
+
+def _ce_block(features: Tensor, weight: Tensor, bias: Tensor, x: Tensor) -> Tensor:
+    logits = F.linear(features, weight, bias)
+    return F.cross_entropy(at_least_float32(logits), x, reduction="none")
+
+
+def chunked_token_cross_entropy(features: Tensor, head: nn.Linear, x: Tensor, chunk: int) -> Tensor:
+    """``-log softmax(features Wᵀ + b)[x]`` per token without all logits at once.
+
+    The tokens are processed ``chunk`` at a time under activation checkpointing: each chunk's
+    ``(chunk, V)`` logits exist only while its loss (forward) or its gradient (backward) is being
+    computed, so peak memory is ``O(chunk · V)`` instead of ``O(B · L · V)``, for one extra
+    head matmul in the backward pass.
+
+    Args:
+        features: ``(B, L, d)`` the head's input (``DiT.features``).
+        head: the output projection ``d → V``.
+        x: ``(B, L)`` target ids.
+        chunk: tokens per chunk.
+
+    Returns:
+        ``(B, L)`` per-token cross entropy, equal to :func:`token_cross_entropy` of the full logits.
+    """
+    flat, targets = features.flatten(0, 1), x.flatten()
+    parts = [
+        checkpoint(_ce_block, f, head.weight, head.bias, t, use_reentrant=False)
+        for f, t in zip(flat.split(chunk), targets.split(chunk), strict=True)
+    ]
+    return torch.cat(parts).view_as(x)
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:

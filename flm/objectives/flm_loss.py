@@ -20,7 +20,13 @@ from flm.flow import (
     uniform_grid,
 )
 from flm.model import DiT
-from flm.objectives.common import LossOutput, ProjectedSpace, at_least_float32, token_cross_entropy
+from flm.objectives.common import (
+    LossOutput,
+    ProjectedSpace,
+    at_least_float32,
+    chunked_token_cross_entropy,
+    token_cross_entropy,
+)
 from flm.objectives.loss_weight import LossWeight
 
 __all__ = ["FLMObjective"]
@@ -32,13 +38,18 @@ class FLMObjective(nn.Module):
     Args:
         backbone: the denoiser network ``p_θ(· | h, τ)``.
         learn_loss_weight: add the learnable weighting ``w(τ)`` (MATH.md §1).
+        ce_chunk: if > 0, the training loss computes the output head and cross entropy this many
+            tokens at a time (checkpointed), so the ``(B, L, V)`` logits never exist at once.
     """
 
-    def __init__(self, backbone: DiT, learn_loss_weight: bool = False) -> None:
+    def __init__(self, backbone: DiT, learn_loss_weight: bool = False, ce_chunk: int = 0) -> None:
         super().__init__()
         if backbone.config.n_times != 1:
             raise ValueError(f"FLM needs a backbone with n_times=1, got {backbone.config.n_times}")
+        if ce_chunk < 0:
+            raise ValueError(f"ce_chunk must be >= 0, got {ce_chunk}")
         self.backbone = backbone
+        self.ce_chunk = ce_chunk
         self.schedule = TimeSchedule(backbone.config.vocab_size)
         self.loss_weight = LossWeight() if learn_loss_weight else None
 
@@ -59,7 +70,7 @@ class FLMObjective(nn.Module):
         """
         gamma = self.schedule.gamma(tau)
         h = projected_state(x, gamma, noise_h, self.backbone.embedding)
-        return self._from_logits(self.backbone(h, tau), x, tau)
+        return self._from_input(h, x, tau)
 
     def loss_dense(self, x: Tensor, tau: Tensor, eps: Tensor) -> LossOutput:
         """Reference path straight from the formulas: ``z_γ = (1-γ)ε + γ e(x)``, input ``z_γ E``.
@@ -67,10 +78,13 @@ class FLMObjective(nn.Module):
         ``eps`` is ``(B, L, V)``; materializes ``V``-wide tensors (tests and benchmarks only).
         """
         z = dense_state(x, self.schedule.gamma(tau), eps)
-        return self._from_logits(self.backbone(self.backbone.embed_dense(z), tau), x, tau)
+        return self._from_input(self.backbone.embed_dense(z), x, tau)
 
-    def _from_logits(self, logits: Tensor, x: Tensor, tau: Tensor) -> LossOutput:
-        nll = token_cross_entropy(logits, x)
+    def _from_input(self, h: Tensor, x: Tensor, tau: Tensor) -> LossOutput:
+        if self.ce_chunk:
+            nll = chunked_token_cross_entropy(self.backbone.features(h, tau), self.backbone.head, x, self.ce_chunk)
+        else:
+            nll = token_cross_entropy(self.backbone(h, tau), x)
         per_token = self.loss_weight.weigh(nll, tau) if self.loss_weight is not None else nll
         return LossOutput(per_token.mean(), {"nll": nll.detach().mean()})
 

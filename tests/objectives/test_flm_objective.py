@@ -103,3 +103,29 @@ def test_loss_decreases_with_training() -> None:
         loss.backward()
         opt.step()
     assert float(obj(x, gen(8)).loss) < 0.5 * first
+
+
+def test_chunked_cross_entropy_equals_full_loss_and_gradients() -> None:
+    full = _objective()
+    chunked = _objective()
+    chunked.ce_chunk = 7  # does not divide B·L = 72: the last chunk is short
+    x = torch.randint(0, V, (6, L), generator=gen(9))
+    tau = torch.rand(6, generator=gen(10), dtype=torch.float64)
+    noise = torch.randn(6, L, D, generator=gen(11), dtype=torch.float64)
+    a, b = full.loss(x, tau, noise), chunked.loss(x, tau, noise)
+    assert torch.allclose(a.loss, b.loss, atol=1e-12)
+    for ga, gb in zip(torch.autograd.grad(a.loss, list(full.parameters())),
+                      torch.autograd.grad(b.loss, list(chunked.parameters())), strict=True):
+        assert torch.allclose(ga, gb, atol=1e-10)
+
+
+def test_chunked_cross_entropy_never_holds_all_logits() -> None:
+    obj = _objective(torch.float32)
+    obj.ce_chunk = 8
+    x = torch.randint(0, V, (4, L))
+    probe = VWideProbe(V, 8)  # records every V-wide tensor of >= 8 rows
+    with probe:
+        obj(x, gen(12)).loss.backward()
+    # activations: at most one chunk of logits at a time (the (d, V) weight transpose is a parameter view)
+    rows = [int(torch.tensor(shape[:-1]).prod()) for _, shape in probe.events if shape != (D, V)]
+    assert rows and max(rows) <= 8

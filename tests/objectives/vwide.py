@@ -8,7 +8,7 @@ from torch.utils._pytree import tree_leaves
 
 
 class VWideProbe(TorchDispatchMode):
-    """Records ``(op name, shape)`` for every op output with ``batch·length·V`` elements and last dim ``V``."""
+    """Records ``(op name, shape)`` of op outputs with last dim ``V`` and ``≥ batch_tokens·V`` elements."""
 
     def __init__(self, vocab: int, batch_tokens: int) -> None:
         super().__init__()
