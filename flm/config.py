@@ -1,8 +1,9 @@
 """The one typed parameter tree: ``params.yaml`` parsed once into frozen pydantic models.
 
 Every model forbids unknown keys, so a typo is an error, not a silent default. A section that is
-absent from the file takes its defaults; sections owned by other parts of the pipeline (``model``,
-``train``, ...) are added here as further fields of :class:`Params`.
+absent from the file takes its defaults. Sections: ``data`` (corpus, tokenizer, packing), ``model``
+(the DiT), ``train`` (FLM pretraining), ``distill`` (FMLM distillation) and ``cluster`` (workers
+and devices; no DVC stage depends on it).
 
 Profiles. The file's top level holds the laptop default; ``profiles`` maps a name to an *overlay*
 (a partial tree) and ``profile`` chooses one (``laptop`` is the base with no overlay). An overlay
@@ -186,12 +187,142 @@ class DataParams(Frozen):
         raise ValueError(f"unknown tokenizer {value!r}; known: {', '.join(TOKENIZER_KINDS)}")
 
 
+# --------------------------------------------------------------------------- model, train, distill
+class ModelParams(Frozen):
+    """``model``: the DiT backbone's shape (``V`` comes from the packed data, times from the objective)."""
+
+    d_model: int = Field(128, ge=2)
+    """Hidden width ``d``."""
+    n_layers: int = Field(4, ge=1)
+    """Transformer blocks."""
+    n_heads: int = Field(4, ge=1)
+    """Attention heads; ``d_model / n_heads`` must be even (rotary embeddings)."""
+    mlp_ratio: float = Field(4.0, gt=0.0)
+    """MLP hidden width as a multiple of ``d_model``."""
+    cond_dim: int = Field(128, ge=1)
+    """Width of the time-conditioning vector."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on attention and MLP outputs."""
+    attn_impl: Literal["sdpa", "flash"] = "sdpa"
+    """``sdpa`` (torch, any device) or ``flash`` (flash-attn, CUDA only, the ``gpu`` extra)."""
+    rope_base: float = Field(10000.0, gt=0.0)
+    """Rotary embedding base."""
+    time_freq_dim: int = Field(256, ge=2)
+    """Width of the sinusoidal time features."""
+    time_scale: float = Field(1000.0, gt=0.0)
+    """``τ`` is multiplied by this before the sinusoids."""
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelParams:
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model={self.d_model} / n_heads={self.n_heads} must be a whole, even head width")
+        return self
+
+    def dit_config(self, vocab_size: int, n_times: int = 1) -> Any:
+        """The backbone's :class:`flm.model.DiTConfig` for vocabulary ``vocab_size`` (imported lazily)."""
+        from flm.model import DiTConfig
+
+        return DiTConfig(vocab_size=vocab_size, n_times=n_times, **self.model_dump())
+
+
+class LoopParams(Frozen):
+    """What the training loop reads; shared by ``train`` (FLM) and ``distill`` (FMLM)."""
+
+    steps: int = Field(ge=1)
+    """Optimizer steps."""
+    batch_size: int = Field(ge=1)
+    """Global batch: sequences per optimizer step, over all workers and accumulation steps."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches accumulated per optimizer step (``batch_size`` must divide by it x workers)."""
+    lr: float = Field(3e-4, gt=0.0)
+    """Peak AdamW learning rate."""
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    """AdamW ``β1``."""
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    """AdamW ``β2`` (paper: 0.999 for FLM, 0.95 for FMLM)."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW decoupled weight decay."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup from ``lr / warmup_steps`` to ``lr``."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """After warmup: constant, or a half cosine down to 0 at ``steps``."""
+    grad_clip: float = Field(1.0, ge=0.0)
+    """Clip the global gradient norm to this (0: no clipping)."""
+    ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
+    """EMA of the weights; evaluation, samples and teachers use the EMA copy."""
+    val_every: int = Field(500, ge=0)
+    """Validation loss every this many steps and at the end (0: only at the end)."""
+    val_batches: int = Field(8, ge=1)
+    """Validation batches (each ``batch_size / grad_accum`` sequences, fixed blocks and noise)."""
+    ckpt_every: int = Field(1000, ge=0)
+    """Checkpoint every this many steps and at the end (0: only at the end)."""
+    keep_last: int = Field(2, ge=1)
+    """Checkpoints kept on disk (older ones are deleted)."""
+    log_every: int = Field(10, ge=1)
+    """Training metrics sent to the tracker every this many steps."""
+    seed: int = 0
+    """Seed of the batch order, the initial weights and the objective's noise."""
+    compile: bool = False
+    """``torch.compile`` the backbone (GPU runs)."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (ignored on CPU, which always runs float32)."""
+    sample_n: int = Field(4, ge=0)
+    """Sequences sampled at each validation (decoded into the tracker; 0: none)."""
+    sample_steps: tuple[int, ...] = Field((64,), min_length=1)
+    """Sampler steps (NFE) for those snapshots, one snapshot per entry."""
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> LoopParams:
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
+        return self
+
+
+class TrainParams(LoopParams):
+    """``train``: FLM pretraining (AdamW ``β2 = 0.999``)."""
+
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learn_loss_weight: bool = False
+    """Learn the loss weighting ``w(τ)`` (MATH.md §1)."""
+
+
+class DistillParams(LoopParams):
+    """``distill``: FMLM one-stage semigroup distillation from the FLM teacher's EMA weights."""
+
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(32, ge=1)
+    beta2: float = Field(0.95, ge=0.0, lt=1.0)
+    diag_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of each batch on the diagonal ``τ_s = τ_t`` (teacher targets)."""
+    boundary_fraction: float = Field(1 / 64, ge=0.0, le=1.0)
+    """Share of each batch at ``(τ_s, τ_t) = (0, 1)``."""
+    sample_steps: tuple[int, ...] = Field((1, 4), min_length=1)
+
+
+class ClusterParams(Frozen):
+    """``cluster``: where the stages run. No DVC stage lists it: resources never change results."""
+
+    workers: int = Field(1, ge=1)
+    """Data-parallel training workers (each reads its own slice of every global batch)."""
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    """GPUs per worker (0: CPU)."""
+    cpus_per_worker: int = Field(2, ge=1)
+    """CPU cores per worker."""
+
+
 # --------------------------------------------------------------------------- the tree
 class Params(Frozen):
     """The whole parameter tree, after the chosen profile's overlay has been applied."""
 
     profile: str = BASE_PROFILE
     data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    distill: DistillParams = DistillParams()
+    cluster: ClusterParams = ClusterParams()
 
 
 def merge_overlay(base: Any, overlay: Any) -> Any:

@@ -1,0 +1,226 @@
+"""The training loop: one flat function that reads top to bottom (plain PyTorch).
+
+Used for both FLM pretraining and FMLM distillation: the *objective* (a module whose forward
+``(x, generator) -> LossOutput`` gives the loss) and the name of its trained backbone are all
+that differ. AdamW, warmup then constant or cosine, gradient clipping, EMA, gradient
+accumulation, bf16 autocast on CUDA, optional ``torch.compile``, periodic validation and sample
+snapshots with the EMA weights, atomic checkpoints, exact resume.
+
+Determinism: the blocks of every step come from ``(seed, step)`` (:class:`BatchPlan`), and the
+objective's generator is re-seeded from ``(seed, rank, step, micro)`` before each micro-batch,
+so a resumed run, and every worker of a data-parallel run, draws exactly what an uninterrupted
+run would. Several workers: the caller initializes ``torch.distributed`` and passes ``rank`` /
+``world_size``; the objective is then wrapped in ``DistributedDataParallel``. Only rank 0
+validates, samples, checkpoints and talks to the tracker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from flm.config import LoopParams
+from flm.data.blocks import TokenBlocks
+from flm.tracking import NullTracker, Tracker
+from flm.train.batches import BatchPlan, load_blocks, val_indices
+from flm.train.checkpoint import latest_checkpoint, read_meta, restore_checkpoint, save_checkpoint
+from flm.train.ema import EMA
+from flm.train.simple import OptimSettings, build_optimizer, lr_at
+from flm.train.state import swapped_to_ema
+
+__all__ = ["LoopResult", "evaluate", "optim_settings", "train_loop"]
+
+
+@dataclass
+class LoopResult:
+    """What a finished run returns (rank 0 fills ``val`` and ``samples``)."""
+
+    step: int
+    checkpoint: Path | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    """Training metrics averaged over each ``log_every`` window, with their ``step``."""
+    val: list[dict[str, float]] = field(default_factory=list)
+    """Validation metrics (EMA weights), with their ``step``."""
+    samples: dict[int, list[str]] = field(default_factory=dict)
+    """Last snapshot: NFE -> decoded samples (token ids joined by spaces without a decoder)."""
+    resumed_from: int | None = None
+    seconds: float = 0.0
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (``np.random.SeedSequence``)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def optim_settings(s: LoopParams) -> OptimSettings:
+    """AdamW + schedule settings of a ``train`` / ``distill`` section (cosine ends at ``steps``)."""
+    return OptimSettings(
+        lr=s.lr, beta1=s.beta1, beta2=s.beta2, weight_decay=s.weight_decay, warmup_steps=s.warmup_steps,
+        grad_clip=s.grad_clip, ema_decay=s.ema_decay, cosine_steps=s.steps if s.schedule == "cosine" else 0,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    objective: nn.Module, blocks: TokenBlocks, n_batches: int, batch: int, seed: int, device: torch.device,
+    autocast: Callable[[], Any],
+) -> dict[str, float]:
+    """Mean loss and metrics over fixed validation blocks with a fixed generator (comparable across evals)."""
+    generator = torch.Generator(device).manual_seed(_seed(seed, 1 << 20))
+    totals: dict[str, float] = {}
+    for indices in val_indices(len(blocks), n_batches, batch):
+        with autocast():
+            out = objective(load_blocks(blocks, indices, device), generator)
+        for name, value in {"loss": out.loss, **out.metrics}.items():
+            totals[name] = totals.get(name, 0.0) + float(value) / n_batches
+    return totals
+
+
+def train_loop(
+    objective: nn.Module,
+    backbone_name: str,
+    settings: LoopParams,
+    train_blocks: TokenBlocks,
+    val_blocks: TokenBlocks | None,
+    run_dir: str | Path,
+    meta: dict[str, Any] | None = None,
+    tracker: Tracker | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device = "cpu",
+    decode: Callable[[list[int]], str] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> LoopResult:
+    """Train ``objective`` for ``settings.steps`` optimizer steps, resuming from ``run_dir`` if it holds a checkpoint.
+
+    Args:
+        objective: module with ``forward(x (B, L) int64, generator) -> LossOutput`` and
+            ``sample(n, length, steps, generator) -> (n, length)`` ids; already on ``device``.
+        backbone_name: attribute of ``objective`` holding the trained DiT (``backbone`` for FLM,
+            ``student`` for FMLM); its EMA is kept, evaluated, sampled and checkpointed.
+        settings: the ``train`` or ``distill`` section of the params.
+        train_blocks, val_blocks: packed blocks (``val_blocks=None``: no validation).
+        run_dir: checkpoints go to ``run_dir/ckpt-<step>``; an existing one is resumed from.
+        meta: JSON-ready extras written into every checkpoint (params, data fingerprint, ...);
+            resuming from a checkpoint whose ``run_key`` differs from ``meta["run_key"]`` is an error.
+        tracker: receives ``log_metrics`` / ``log_text`` on rank 0 (default: no-op).
+        rank, world_size: this worker of a data-parallel run (``torch.distributed`` initialized
+            by the caller when ``world_size > 1``).
+        decode: token ids -> text for sample snapshots.
+
+    Returns:
+        A :class:`LoopResult`; the final checkpoint is ``run_dir/ckpt-<steps>``.
+    """
+    start_time = time.perf_counter()
+    s = settings
+    device = torch.device(device)
+    run_dir, meta = Path(run_dir), dict(meta or {})
+    tracker = tracker if tracker is not None and rank == 0 else NullTracker()
+    backbone: nn.Module = getattr(objective, backbone_name)
+    optim = optim_settings(s)
+    optimizer = build_optimizer(objective, optim)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    ema = EMA(backbone, s.ema_decay)
+    generator = torch.Generator(device)
+    use_bf16 = s.bf16 and device.type == "cuda"
+
+    def autocast() -> Any:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    # ---- resume: the newest complete checkpoint of this run, if any
+    result = LoopResult(step=0, checkpoint=None)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        saved = read_meta(checkpoint)
+        if "run_key" in meta and saved.get("run_key") != meta["run_key"]:
+            raise ValueError(f"{checkpoint} belongs to another run (run_key differs); use a fresh run_dir")
+        result.step = result.resumed_from = restore_checkpoint(checkpoint, objective, ema, optimizer, generator)
+        result.checkpoint = checkpoint
+
+    if s.compile:
+        backbone.compile()
+    model: nn.Module = objective
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(objective, broadcast_buffers=False)
+
+    plan = BatchPlan(len(train_blocks), s.batch_size, s.seed, rank, world_size, s.grad_accum)
+    length = train_blocks.seq_len
+    window: dict[str, torch.Tensor] = {}
+    window_steps = 0
+
+    def snapshot(done: int) -> None:
+        """Validation loss and sample snapshots with the EMA weights, sent to the tracker."""
+        objective.eval()
+        with swapped_to_ema(backbone, ema):
+            if val_blocks is not None:
+                val = evaluate(objective, val_blocks, s.val_batches, plan.micro, s.seed, device, autocast)
+                tracker.log_metrics({f"val/{k}": v for k, v in val.items()}, step=done)
+                result.val.append({"step": done, **val})
+            for nfe in s.sample_steps if s.sample_n else ():
+                sample_gen = torch.Generator(device).manual_seed(_seed(s.seed, 1 << 21))
+                with autocast():
+                    ids = objective.sample(s.sample_n, length, nfe, generator=sample_gen).cpu().tolist()
+                texts = [decode(row) if decode else " ".join(map(str, row)) for row in ids]
+                result.samples[nfe] = texts
+                tracker.log_text("\n\n".join(texts), f"samples/step{done:08d}-nfe{nfe}.txt")
+        objective.train()
+
+    bar = tqdm(total=s.steps, initial=result.step, desc=desc, disable=not progress or rank != 0, mininterval=2.0)
+    objective.train()
+    for step in range(result.step, s.steps):
+        # ---- one optimizer step: accumulate grad_accum micro-batches
+        lr = lr_at(step, optim)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        for micro in range(s.grad_accum):
+            x = load_blocks(train_blocks, plan.micro_batch(step, micro), device)
+            generator.manual_seed(_seed(s.seed, rank, step, micro))
+            last = micro == s.grad_accum - 1
+            with model.no_sync() if world_size > 1 and not last else nullcontext():
+                with autocast():
+                    out = model(x, generator)
+                (out.loss / s.grad_accum).backward()
+            for name, value in {"loss": out.loss, **out.metrics}.items():
+                window[name] = window.get(name, 0.0) + value.detach().float() / s.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip if s.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        ema.update(backbone)
+        window["grad_norm"] = window.get("grad_norm", 0.0) + grad_norm.detach().float()
+        window_steps += 1
+        done = step + 1
+        bar.update(1)
+
+        # ---- log the window's means
+        if done % s.log_every == 0 or done == s.steps:
+            record = {f"train/{k}": float(v) / window_steps for k, v in window.items()} | {"train/lr": lr}
+            tracker.log_metrics(record, step=done)
+            result.history.append({"step": done, **record})
+            bar.set_postfix(loss=f"{record['train/loss']:.3f}")
+            window, window_steps = {}, 0
+
+        # ---- validation and samples, with the EMA weights (rank 0)
+        if rank == 0 and ((s.val_every and done % s.val_every == 0) or done == s.steps):
+            snapshot(done)
+
+        # ---- checkpoint (rank 0), atomically; the last keep_last are kept
+        if rank == 0 and ((s.ckpt_every and done % s.ckpt_every == 0) or done == s.steps):
+            result.checkpoint = save_checkpoint(
+                run_dir, done, objective, backbone_name, ema, optimizer, generator, meta, s.keep_last
+            )
+        result.step = done
+    bar.close()
+    if rank == 0 and not result.val and not result.samples:
+        snapshot(result.step)  # resumed from the final checkpoint: evaluate it again
+    result.seconds = time.perf_counter() - start_time
+    return result
