@@ -1,0 +1,13 @@
+"""Tiny parameter trees for end-to-end stage runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TINY: dict[str, Any] = {
+    "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "cond_dim": 32, "time_freq_dim": 32},
+    "train": {"steps": 12, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "ema_decay": 0.9, "val_every": 6,
+              "val_batches": 2, "ckpt_every": 6, "log_every": 3, "sample_n": 2, "sample_steps": [4]},
+    "distill": {"steps": 6, "batch_size": 8, "ema_decay": 0.9, "val_every": 3, "val_batches": 2, "ckpt_every": 3,
+                "log_every": 3, "sample_n": 2, "sample_steps": [1, 2]},
+}

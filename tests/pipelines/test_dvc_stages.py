@@ -1,0 +1,98 @@
+"""dvc.yaml's training stages: exact params lists, and a changed distill param reruns only distillation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.train.conftest import OFFLINE_ENV
+
+from .helpers import TINY
+
+REPO = Path(__file__).resolve().parents[2]
+TRACKED = ["flm", "pipelines", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore"]
+
+
+def stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def test_each_training_stage_lists_exactly_its_params_sections() -> None:
+    all_stages = stages()
+    assert all_stages["train_flm"]["params"] == [
+        "profile", "model", "train",
+        "profiles.lm1b.model", "profiles.lm1b.train", "profiles.owt.model", "profiles.owt.train",
+    ]
+    assert all_stages["distill_fmlm"]["params"] == [
+        "profile", "distill", "profiles.lm1b.distill", "profiles.owt.distill",
+    ]
+    assert not [name for name, stage in all_stages.items() for p in stage.get("params", []) if "cluster" in p]
+    assert "models/flm" in all_stages["distill_fmlm"]["deps"] and "data/tokens" in all_stages["train_flm"]["deps"]
+    assert all_stages["train_flm"]["outs"] == ["models/flm"] and all_stages["distill_fmlm"]["outs"] == ["models/fmlm"]
+    assert all_stages["train_flm"]["metrics"] == ["metrics/flm.json"]
+    assert all_stages["distill_fmlm"]["metrics"] == ["metrics/fmlm.json"]
+    for stage in ("train_flm", "distill_fmlm"):
+        for dep in all_stages[stage]["deps"]:
+            assert dep.startswith(("data/", "models/")) or (REPO / dep).exists(), dep
+
+
+def run(repo: Path, *args: str, env: dict[str, str]) -> str:
+    done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def ran(output: str) -> set[str]:
+    names = ("corpus", "tokenizer", "pack", "train_flm", "distill_fmlm")
+    return {name for name in names if f"Running stage '{name}'" in output}
+
+
+@pytest.mark.slow
+def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflow_state: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "clone"
+    for name in TRACKED:
+        source, target = REPO / name, repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section] |= values
+    params["train"]["sample_n"] = params["distill"]["sample_n"] = 0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_state / 'mlflow' / 'mlflow.db'}"}
+    git = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
+    run(repo, "git", "init", "-q", env=env)
+    run(repo, "git", "add", ".", env=env)
+    run(repo, *git, "commit", "-q", "-m", "clone", env=env)
+    for name in ("corpus", "tokenizer", "tokens"):  # the tiny data stands in for the data stages' outputs
+        shutil.copytree(tiny_data[name], repo / "data" / name)
+    (repo / "data" / "metrics").mkdir()
+    for name in ("corpus", "tokens"):
+        (repo / "data" / "metrics" / f"{name}.json").write_text("{}")
+    dvc = (sys.executable, "-m", "dvc")
+    run(repo, *dvc, "commit", "-f", "corpus", "tokenizer", "pack", env=env)
+
+    assert ran(run(repo, *dvc, "repro", env=env)) == {"train_flm", "distill_fmlm"}
+    assert (repo / "models" / "fmlm" / "checkpoint.json").is_file()
+    assert "up to date" in run(repo, *dvc, "status", env=env)
+
+    params["distill"]["lr"] = 1e-3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(run(repo, *dvc, "repro", env=env)) == {"distill_fmlm"}
+
+    params["cluster"]["workers"] = 4  # resources are no stage's parameter
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(run(repo, *dvc, "repro", env=env)) == set()
+    metrics = run(repo, *dvc, "metrics", "show", env=env)
+    assert "flm.val_nll" in metrics and "fmlm.val_loss" in metrics
