@@ -1,0 +1,32 @@
+"""Test-only pieces sent to Ray workers (pickled by value: workers need not import ``tests``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flm.tracking import NullTracker
+
+
+class FailOnceTracker(NullTracker):
+    """Raises when step ``fail_at`` is logged, the first time only (a marker file remembers)."""
+
+    def __init__(self, marker: str, fail_at: int) -> None:
+        self.marker, self.fail_at = marker, fail_at
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Fail at ``fail_at`` unless the marker exists; create it first."""
+        marker = Path(self.marker)
+        if step == self.fail_at and not marker.exists():
+            marker.write_text("failed once", encoding="utf-8")
+            raise RuntimeError(f"injected failure at step {step}")
+
+
+class FailOnce:
+    """``rank -> tracker``: rank 0 fails once at ``fail_at``; other ranks do nothing."""
+
+    def __init__(self, marker: str, fail_at: int) -> None:
+        self.marker, self.fail_at = marker, fail_at
+
+    def __call__(self, rank: int) -> Any:
+        return FailOnceTracker(self.marker, self.fail_at) if rank == 0 else NullTracker()
