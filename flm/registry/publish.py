@@ -1,0 +1,79 @@
+"""Log a trained checkpoint as an MLflow text-generating model and register it.
+
+The logged model holds a *slim* copy of the checkpoint (``checkpoint.json`` + the EMA weights in
+``ema.safetensors``: what sampling needs, no optimizer state), the tokenizer, the ``flm`` package
+as code, and :mod:`flm.registry.model_code` as the model: nothing is pickled. Requirements are
+given explicitly (MLflow's inference is slow and picks up unrelated packages).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+__all__ = ["RegisteredModel", "log_text_model", "model_requirements"]
+
+REQUIREMENTS = ("torch", "numpy", "safetensors", "tokenizers", "pydantic", "pyyaml", "pandas", "mlflow")
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A registered model version and where it was logged."""
+
+    name: str
+    version: str
+    model_uri: str
+    run_id: str
+
+
+def model_requirements() -> list[str]:
+    """Pinned ``pip`` requirements of the served model (the versions installed here)."""
+    return [f"{name}=={version(name)}" for name in REQUIREMENTS]
+
+
+def _slim_checkpoint(checkpoint_dir: Path, dest: Path) -> Path:
+    """``checkpoint.json`` + ``ema.safetensors`` of a checkpoint, copied into ``dest``."""
+    dest.mkdir(parents=True)
+    for name in ("checkpoint.json", "ema.safetensors"):
+        shutil.copy2(checkpoint_dir / name, dest / name)
+    return dest
+
+
+def log_text_model(
+    run_id: str, checkpoint_dir: str | Path, tokenizer_dir: str | Path | None, registered_name: str,
+    tracking_uri: str, tags: dict[str, str] | None = None,
+) -> RegisteredModel:
+    """Log ``checkpoint_dir`` into run ``run_id`` as the model ``model`` and register it as ``registered_name``.
+
+    The run is re-entered, not ended: its status is left as it was.
+    """
+    import mlflow
+
+    import flm
+    from flm.registry import model_code, pyfunc
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    status = client.get_run(run_id).info.status
+    with tempfile.TemporaryDirectory(prefix="flm-model-") as tmp:
+        artifacts = {"checkpoint": str(_slim_checkpoint(Path(checkpoint_dir), Path(tmp) / "checkpoint"))}
+        if tokenizer_dir is not None:
+            artifacts["tokenizer"] = str(tokenizer_dir)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=model_code.__file__,
+                artifacts=artifacts,
+                code_paths=[str(Path(flm.__file__).parent)],
+                pip_requirements=model_requirements(),
+                signature=pyfunc.signature(),
+                registered_model_name=registered_name,
+                tags=tags,
+            )
+    if status == "RUNNING":
+        client.update_run(run_id, status="RUNNING")  # start_run's exit marked it finished; the caller ends it
+    registered = str(info.registered_model_version)
+    return RegisteredModel(registered_name, registered, f"models:/{registered_name}/{registered}", run_id)

@@ -1,0 +1,58 @@
+"""The MLflow model of a trained FLM / FMLM: a ``pyfunc`` whose ``predict`` writes text.
+
+Input: a table with one row per text to write and a column ``seed`` (the noise of that row).
+Params (per call): ``steps`` (network evaluations: 1 for FMLM's one-step text), ``length`` (tokens;
+0 = the training ``L``). Output: a column ``text``. For example::
+
+    model = mlflow.pyfunc.load_model("models:/fmlm@champion")
+    model.predict(pd.DataFrame({"seed": [0, 1]}), params={"steps": 1})
+
+The model is logged *from code* (:mod:`flm.registry.model_code`): nothing is pickled, and its
+artifacts are the safetensors checkpoint and the tokenizer; ``flm`` travels as code. See
+:func:`flm.registry.logging.log_text_model`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+
+__all__ = ["DEFAULT_PARAMS", "FLMTextModel", "signature"]
+
+DEFAULT_PARAMS: dict[str, int] = {"steps": 1, "length": 0}
+
+
+def signature() -> Any:
+    """``seed`` (int64) -> ``text`` (string), with params ``steps`` and ``length``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", "seed")]),
+        outputs=Schema([ColSpec("string", "text")]),
+        params=ParamSchema([ParamSpec(name, "long", value) for name, value in DEFAULT_PARAMS.items()]),
+    )
+
+
+class FLMTextModel(mlflow.pyfunc.PythonModel):
+    """Loads ``artifacts["checkpoint"]`` and ``artifacts["tokenizer"]``; ``predict`` samples text."""
+
+    def load_context(self, context: Any) -> None:
+        """Rebuild the generator from the model's artifacts (CUDA when available)."""
+        import torch
+
+        from flm.registry.generator import TextGenerator
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.generator = TextGenerator(context.artifacts["checkpoint"], context.artifacts.get("tokenizer"), device)
+
+    def predict(self, context, model_input, params=None):  # untyped: MLflow would derive a schema from hints
+        """One text per input row, its noise seeded by the row's ``seed``."""
+        import pandas as pd
+
+        settings = DEFAULT_PARAMS | (params or {})
+        seeds = [int(s) for s in pd.DataFrame(model_input)["seed"]]
+        length = int(settings["length"]) or None
+        texts = [self.generator.generate(1, int(settings["steps"]), length, seed)[0] for seed in seeds]
+        return pd.DataFrame({"text": texts})
