@@ -195,6 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", default="metrics", help="metrics go to METRICS/{flm,fmlm}.json")
     parser.add_argument("--state", default=".state", help="run checkpoints and the MLflow store")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -203,6 +204,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; return the process exit status (2 on bad input)."""
     args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     paths = StagePaths(Path(args.tokens), Path(args.tokenizer), Path(args.models), Path(args.metrics), Path(args.state))
     try:
         params = load_params(args.params, profile=args.profile)

@@ -7,11 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor
 
 from flm.data.blocks import TokenBlocks
-from flm.objectives import FLMObjective
-from flm.objectives.common import LossOutput
 from flm.train.checkpoint import list_checkpoints
 from flm.train.ema import EMA
 from flm.train.loop import optim_settings, train_loop
@@ -19,7 +16,7 @@ from flm.train.simple import lr_at
 from flm.train.state import swapped_to_ema
 
 from .conftest import tiny_train
-from .helpers import tiny_flm
+from .helpers import RowSeeded, tiny_flm
 
 
 def blocks(tiny_data: dict) -> tuple[TokenBlocks, TokenBlocks]:
@@ -41,18 +38,6 @@ def test_loss_decreases_on_real_text(tiny_data: dict, tmp_path: Path) -> None:
     assert result.step == 80 and result.checkpoint == tmp_path / "run" / "ckpt-00000080"
     ids = [[int(t) for t in text.split()] for text in result.samples[4]]
     assert len(ids) == 2 and all(len(row) == train.seq_len and max(row) < train.vocab_size for row in ids)
-
-
-class RowSeeded(FLMObjective):
-    """FLM loss whose times and noise depend only on each row's tokens, not on the batch it sits in."""
-
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> LossOutput:
-        seeds = (x.long() * torch.arange(1, x.shape[1] + 1)).sum(1) % 100_003
-        tau = (seeds.double() / 100_003).float()
-        d = self.backbone.config.d_model
-        rows = [torch.randn(x.shape[1], d, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        noise = torch.stack(rows)
-        return self.loss(x, tau, noise)
 
 
 def test_two_half_batches_equal_one_full_batch(tiny_data: dict, tmp_path: Path) -> None:
