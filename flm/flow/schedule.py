@@ -7,9 +7,10 @@ through ``Γ = α^{-1}``.
 
 The table is built once per vocabulary size, in float64, by trapezoidal quadrature on a uniform
 grid in ``s`` (the integrand is smooth and decays like φ at both ends, where the rule converges
-exponentially fast: 1,201 nodes on [-9, 9] agree with 8,001 to 4e-16 for V up to 50,258). Lookups are piecewise-linear interpolation done with torch ops on
-the caller's device (``searchsorted`` + ``lerp``): no NumPy, no host round trip, and they trace
-under ``torch.compile(fullgraph=True)``. Because both directions interpolate the same table with
+exponentially fast: 1,201 nodes on [-9, 9] agree with 8,001 to 4e-16 for V up to 50,258).
+Lookups are piecewise-linear interpolation done with torch ops on the caller's device
+(``searchsorted`` + ``lerp``): no NumPy, no host round trip, and they trace under
+``torch.compile(fullgraph=True)``. Because both directions interpolate the same table with
 the axes swapped, the two lookups are exact inverses of each other up to rounding.
 """
 
