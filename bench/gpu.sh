@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The GPU benchmark pass, prepared to finish in under 5 minutes on one H100/H200:
+# training step (dense vs projected vs chunked CE; bf16; compile off/on; SDPA vs flash-attn when
+# installed), then sampling. Results land in bench/results/*_cuda*.json; tables print to stdout.
+# Usage: bash bench/gpu.sh   (from the repository root, with the package installed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+$PY bench/train_step.py --device cuda --rounds 1 --json bench/results/train_step_cuda.json
+$PY bench/train_step.py --device cuda --rounds 1 --paths projected projected+chunked-CE --compile \
+  --json bench/results/train_step_cuda_compile.json
+if $PY -c "import flash_attn" 2>/dev/null; then
+  $PY bench/train_step.py --device cuda --rounds 1 --paths projected+chunked-CE --attn flash \
+    --json bench/results/train_step_cuda_flash.json
+else
+  echo "flash-attn not installed: skipping the flash-attn row"
+fi
+$PY bench/sampling.py --device cuda

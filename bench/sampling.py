@@ -1,0 +1,118 @@
+"""Benchmark: sampling latency and throughput of FMLM (1, 2, 4, 8 steps) and FLM (8 ... 1024 steps).
+
+Both samplers run on the projected path (no ``V``-wide noise or state; MATH.md §3) with the same
+backbone size; weights are random, which does not change the cost. Reported: wall time per batch,
+per sequence, tokens/s, and each row's throughput relative to FLM at its largest step count.
+
+    python bench/sampling.py                 # CPU, L = 128
+    python bench/sampling.py --device cuda   # GPU, L = 1024, bf16 autocast
+
+Writes ``bench/results/sampling_<device>.json``. MDLM and AR rows arrive with their models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from flm.model import DiT, DiTConfig
+from flm.objectives import FLMObjective, FMLMDistillation
+
+PRESETS = {
+    "cpu": {
+        "vocab": 8192,
+        "length": 128,
+        "d_model": 256,
+        "n_layers": 4,
+        "n_heads": 4,
+        "batch": 16,
+        "flm_steps": [8, 64, 1024],
+        "fmlm_steps": [1, 2, 4, 8],
+    },
+    "cuda": {
+        "vocab": 50258,
+        "length": 1024,
+        "d_model": 768,
+        "n_layers": 12,
+        "n_heads": 12,
+        "batch": 32,
+        "flm_steps": [8, 64, 1024],
+        "fmlm_steps": [1, 2, 4, 8],
+    },
+}
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds for one call of ``fn`` (synchronized on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    cfg = PRESETS[args.device]
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model_cfg = DiTConfig(cfg["vocab"], cfg["d_model"], cfg["n_layers"], cfg["n_heads"], cond_dim=128)
+    teacher = DiT(model_cfg).to(device).eval()
+    flm = FLMObjective(teacher).to(device)
+    fmlm = FMLMDistillation.from_teacher(teacher).to(device).eval()
+    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    b, length = cfg["batch"], cfg["length"]
+    rows = []
+    runs = [("FMLM", s, fmlm.sample) for s in cfg["fmlm_steps"]] + [("FLM", s, flm.sample) for s in cfg["flm_steps"]]
+    for name, steps, sample in runs:
+        gen = torch.Generator(device).manual_seed(0)
+        with autocast:
+            sample(b, length, steps, gen)  # warm-up
+            sec = timed(lambda sample=sample, steps=steps, gen=gen: sample(b, length, steps, gen), device)
+        rows.append(
+            {"model": name, "nfe": steps, "batch_s": sec, "per_sequence_s": sec / b, "tokens_per_s": b * length / sec}
+        )
+        print(f"{name} {steps:>5} steps: {sec:8.3f} s per batch of {b}", flush=True)
+    ref = max((r for r in rows if r["model"] == "FLM"), key=lambda r: r["nfe"])
+    print(
+        f"\nSampling, {args.device}: V={cfg['vocab']} L={length} d={cfg['d_model']} layers={cfg['n_layers']} batch={b}"
+    )
+    print(f"| model | NFE | s / sequence | tokens/s | vs FLM-{ref['nfe']} |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        r["speedup_vs_flm_max"] = r["tokens_per_s"] / ref["tokens_per_s"]
+        print(
+            f"| {r['model']} | {r['nfe']} | {r['per_sequence_s']:.4f} | {r['tokens_per_s']:,.0f} "
+            f"| {r['speedup_vs_flm_max']:.0f}x |"
+        )
+    result = {
+        "config": cfg,
+        "rows": rows,
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+    }
+    out = args.json or Path(__file__).parent / "results" / f"sampling_{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
