@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +91,14 @@ def mlflow_client(project: Path) -> object:
     from flm.tracking import default_tracking_uri
 
     return MlflowClient(default_tracking_uri(project / ".state"))
+
+
+@pytest.fixture(scope="session")
+def trained(prefect_harness: None, project: Path) -> dict[str, Any]:
+    """train_flm then distill_fmlm, in-process (``workers=0``), each through the Prefect engine."""
+    from pipelines.flows import distill_fmlm, train_flm
+
+    params = tiny_params()
+    flm = train_flm(params=params, root=str(project), workers=0)
+    fmlm = distill_fmlm(params=params.model_dump(mode="json"), root=str(project), workers=0)
+    return {"flm": flm, "fmlm": fmlm, "root": str(project)}

@@ -9,18 +9,8 @@ from typing import Any
 import pytest
 
 from flm.train.checkpoint import read_meta
-from pipelines.flows import distill_fmlm, train_flm
 
-from .conftest import TOKENS_MD5, tiny_params
-
-
-@pytest.fixture(scope="session")
-def trained(prefect_harness: None, project: Path) -> dict[str, Any]:
-    """train_flm then distill_fmlm, in-process (``workers=0``), each through the Prefect engine."""
-    params = tiny_params()
-    flm = train_flm(params=params, root=str(project), workers=0)
-    fmlm = distill_fmlm(params=params.model_dump(mode="json"), root=str(project), workers=0)
-    return {"flm": flm, "fmlm": fmlm}
+from .conftest import TOKENS_MD5
 
 
 def test_dvc_outputs_are_written(trained: dict, project: Path) -> None:
