@@ -35,12 +35,16 @@ def test_local_mode_runs_in_process(tiny_data: dict, tmp_path: Path) -> None:
     assert read_meta(outcome.checkpoint.path)["step"] == 4
 
 
-def test_two_gloo_workers_train_and_report(ray_local: str, tiny_data: dict, tmp_path: Path) -> None:
-    params = tiny_params()
-    spec = RayJobSpec(name="two", storage_path=str(tmp_path / "ray"), workers=2, cpus_per_worker=1)
-    outcome = run_stage(stage_for(tiny_data, tmp_path), params, spec)
-    assert outcome.metrics["world_size"] == 2
-    assert outcome.metrics["step"] == 12
+def test_two_gloo_workers_survive_a_worker_failure(ray_local: str, tiny_data: dict, tmp_path: Path) -> None:
+    """Two DDP workers (gloo); rank 0 fails once at step 6; Ray restarts the group, which resumes at step 4."""
+    marker = tmp_path / "failed-once"
+    params = tiny_params()                      # checkpoints at 4, 8, 12; logs every 2 steps
+    spec = RayJobSpec(name="two", storage_path=str(tmp_path / "ray"), workers=2, cpus_per_worker=1, max_failures=1)
+    outcome = run_stage(stage_for(tiny_data, tmp_path), params, spec,
+                        tracker_factory=helpers.FailOnce(str(marker), fail_at=6))
+    assert marker.read_text() == "failed once"                  # the first attempt did fail at step 6
+    assert outcome.metrics["resumed_from"] == 4                 # the restart resumed from the step-4 checkpoint
+    assert outcome.metrics["world_size"] == 2 and outcome.metrics["step"] == 12
     vocab = json.loads((tiny_data["tokens"] / "meta.json").read_text())["V"]
     assert math.isfinite(outcome.metrics["train_loss"]) and outcome.metrics["train_loss"] < math.log(vocab) + 0.5
     persisted = Path(outcome.checkpoint.path)
@@ -48,18 +52,6 @@ def test_two_gloo_workers_train_and_report(ray_local: str, tiny_data: dict, tmp_
     meta = read_meta(persisted)
     assert meta["step"] == 12 and meta["backbone"] == "backbone"
     assert (persisted / "ema.safetensors").is_file()
-
-
-def test_worker_failure_is_recovered_from_checkpoint(ray_local: str, tiny_data: dict, tmp_path: Path) -> None:
-    marker = tmp_path / "failed-once"
-    params = tiny_params()                      # checkpoints at 4, 8, 12; logs every 2 steps
-    spec = RayJobSpec(name="flaky", storage_path=str(tmp_path / "ray"), workers=2, cpus_per_worker=1,
-                      max_failures=1)
-    outcome = run_stage(stage_for(tiny_data, tmp_path), params, spec,
-                        tracker_factory=helpers.FailOnce(str(marker), fail_at=6))
-    assert marker.read_text() == "failed once"                  # the first attempt did fail at step 6
-    assert outcome.metrics["resumed_from"] == 4                 # the restart resumed from the step-4 checkpoint
-    assert outcome.metrics["step"] == 12
 
 
 def test_failures_beyond_the_limit_fail_the_run(tiny_data: dict, tmp_path: Path) -> None:
