@@ -87,12 +87,15 @@ def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflo
     assert (repo / "models" / "fmlm" / "checkpoint.json").is_file()
     assert "up to date" in run(repo, *dvc, "status", env=env)
 
-    params["distill"]["lr"] = 1e-3
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(run(repo, *dvc, "repro", env=env)) == {"distill_fmlm"}
-
     params["cluster"]["workers"] = 4  # resources are no stage's parameter
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(run(repo, *dvc, "repro", env=env)) == set()
+    assert ran(run(repo, *dvc, "repro", "--dry", env=env)) == set()
+
+    params["distill"]["lr"] = 1e-3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(repo, *dvc, "status", env=env)
+    assert status.splitlines()[0] == "distill_fmlm:" and "train_flm:" not in status
+    assert [line.split() for line in status.splitlines() if "modified:" in line] == [["modified:", "distill"]]
+    assert ran(run(repo, *dvc, "repro", "--dry", env=env)) == {"distill_fmlm"}
     metrics = run(repo, *dvc, "metrics", "show", env=env)
     assert "flm.val_nll" in metrics and "fmlm.val_loss" in metrics
