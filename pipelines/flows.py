@@ -12,17 +12,15 @@ Each training flow is thin:
    Ray's persisted checkpoint) and the metrics JSON (``metrics/flm.json`` | ``metrics/fmlm.json``);
 5. log the metrics and the model (a text-generating pyfunc, registered as ``flm`` | ``fmlm``).
 
-Command line (the DVC stages call this): ``python -m pipelines.flows train_flm [--workers N]``.
+Command line (the DVC stages call this): ``python -m pipelines.run train_flm [--workers N]``
+(:mod:`pipelines.run` makes the process hermetic *before* Prefect and MLflow are imported).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
-import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ from prefect import flow, get_run_logger
 
 from flm.config import Params, load_params
 
-__all__ = ["distill_fmlm", "main", "promote", "run_training", "train_flm"]
+__all__ = ["FLOWS", "distill_fmlm", "promote", "resolve_params", "run_training", "train_flm"]
 
 MODEL_NAMES = {"train_flm": "flm", "distill_fmlm": "fmlm"}
 
@@ -162,55 +160,18 @@ def distill_fmlm(
 def promote(model: str = "flm", version: int | None = None, metric: str = "val_loss", lower_is_better: bool = True,
             root: str = ".") -> dict[str, Any]:
     """Move ``@champion`` of registered model ``model`` to ``version`` (default newest) only if it is better."""
+    from flm.environment import hermetic
+
+    state = hermetic(Path(root).resolve() / ".state")
     from mlflow import MlflowClient
 
-    from flm.environment import hermetic
     from flm.registry.promote import promote as decide
     from flm.tracking import default_tracking_uri
 
-    state = hermetic(Path(root).resolve() / ".state")
     decision = decide(MlflowClient(default_tracking_uri(state)), model, version, metric, lower_is_better)
     _log(f"promote {model} v{decision.candidate}: {'promoted' if decision.promoted else 'refused'} ({decision.reason})")
     return {"promoted": decision.promoted, "version": decision.candidate, "reason": decision.reason,
             "champion_before": decision.champion_before}
 
 
-FLOWS = {"train_flm": train_flm, "distill_fmlm": distill_fmlm}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pipelines.flows {train_flm,distill_fmlm,promote} ...``: run one flow; print its result."""
-    from flm.config import ConfigError
-    from flm.data.errors import DataError
-    from flm.environment import hermetic
-
-    parser = argparse.ArgumentParser(prog="python -m pipelines.flows", description=__doc__.splitlines()[0])
-    parser.add_argument("flow", choices=[*sorted(FLOWS), "promote"])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
-    parser.add_argument("--root", default=".")
-    parser.add_argument("--workers", type=int, default=None, help="override cluster.workers")
-    parser.add_argument("--max-failures", type=int, default=1)
-    parser.add_argument("--ray-address", default=None, help="a Ray cluster (default $RAY_ADDRESS or embedded)")
-    parser.add_argument("--no-register", action="store_true", help="do not log/register the MLflow model")
-    parser.add_argument("--model", default="flm", help="promote: registered model name")
-    parser.add_argument("--version", type=int, default=None, help="promote: candidate version (default newest)")
-    args = parser.parse_args(argv)
-    hermetic(Path(args.root) / ".state")
-    try:
-        if args.flow == "promote":
-            result = promote(model=args.model, version=args.version, root=args.root)
-        else:
-            params = load_params(Path(args.root) / args.params, profile=args.profile)
-            result = FLOWS[args.flow](params=params, root=args.root, workers=args.workers,
-                                      max_failures=args.max_failures, ray_address=args.ray_address,
-                                      register_model=not args.no_register)
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+FLOWS = {"train_flm": train_flm, "distill_fmlm": distill_fmlm, "promote": promote}

@@ -76,7 +76,7 @@ def test_ray_job_submit_to_a_loopback_head(tiny_data: dict) -> None:
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_for(f"http://127.0.0.1:{dash}/api/gcs_healthz", 180, head)   # exempt from token auth
-            entrypoint = f"cd {root} && {sys.executable} -m pipelines.flows train_flm --root {root} --no-register"
+            entrypoint = f"cd {root} && {sys.executable} -m pipelines.run train_flm --root {root} --no-register"
             submit = subprocess.run(
                 [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--", "bash", "-c",
                  entrypoint],

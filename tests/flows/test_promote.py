@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.flows import promote
-
 
 def version_with(client: Any, val_loss: float, source: str) -> str:
     """A new version of ``flm`` (same weights) logged by a run whose ``val_loss`` is given."""
@@ -17,6 +15,8 @@ def version_with(client: Any, val_loss: float, source: str) -> str:
 
 
 def test_promote_better_refuse_worse(trained: dict, mlflow_client: Any) -> None:
+    from pipelines.flows import promote  # imported after the session went hermetic (Prefect reads its home)
+
     first = mlflow_client.get_model_version("flm", trained["flm"]["model_version"])
     first_version = str(first.version)
     loss = trained["flm"]["metrics"]["val_loss"]
