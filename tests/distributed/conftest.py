@@ -54,18 +54,6 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "tokenizer": root / "tokenizer", "tokens": root / "tokens"}
 
 
-@pytest.fixture(scope="session")
-def ray_local(state_root: Path) -> Iterator[str]:
-    """One embedded Ray for the session (4 logical CPUs: two 1-CPU workers fit with room to spare)."""
-    from flm.distributed import ray_session
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("RAY_ADDRESS", raising=False)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        with ray_session(state_dir=state_root / "state", num_cpus=4) as mode:
-            yield mode
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic(state_root: Path) -> Iterator[None]:
     """Telemetry off and tool state in a temporary directory, before Ray is first imported."""

@@ -35,13 +35,14 @@ def test_local_mode_runs_in_process(tiny_data: dict, tmp_path: Path) -> None:
     assert read_meta(outcome.checkpoint.path)["step"] == 4
 
 
-def test_two_gloo_workers_survive_a_worker_failure(ray_local: str, tiny_data: dict, tmp_path: Path) -> None:
-    """Two DDP workers (gloo); rank 0 fails once at step 6; Ray restarts the group, which resumes at step 4."""
+def test_two_gloo_workers_survive_a_worker_failure(state_root: Path, tiny_data: dict, tmp_path: Path) -> None:
+    """Two DDP workers (gloo) on an embedded Ray started for this run only (its files in a short
+    temporary path); rank 0 fails once at step 6; Ray restarts the group, which resumes at step 4."""
     marker = tmp_path / "failed-once"
     params = tiny_params()                      # checkpoints at 4, 8, 12; logs every 2 steps
     spec = RayJobSpec(name="two", storage_path=str(tmp_path / "ray"), workers=2, cpus_per_worker=1, max_failures=1)
     outcome = run_stage(stage_for(tiny_data, tmp_path), params, spec,
-                        tracker_factory=helpers.FailOnce(str(marker), fail_at=6))
+                        tracker_factory=helpers.FailOnce(str(marker), fail_at=6), state_dir=state_root / "state")
     assert marker.read_text() == "failed once"                  # the first attempt did fail at step 6
     assert outcome.metrics["resumed_from"] == 4                 # the restart resumed from the step-4 checkpoint
     assert outcome.metrics["world_size"] == 2 and outcome.metrics["step"] == 12
