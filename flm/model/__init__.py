@@ -1,6 +1,7 @@
 """The DiT backbone and its layers; knows tokens, times and logits, nothing about FLM."""
 
+from flm.model.cache import KVCache
 from flm.model.config import DiTConfig
 from flm.model.dit import DiT
 
-__all__ = ["DiT", "DiTConfig"]
+__all__ = ["DiT", "DiTConfig", "KVCache"]

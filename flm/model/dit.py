@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flm.model.cache import KVCache
 from flm.model.config import DiTConfig
 from flm.model.layers import DiTBlock, FinalLayer, TimeEmbedding
 
@@ -65,23 +66,39 @@ class DiT(nn.Module):
             c = c + self.time_embed_2(tau_s if tau_t is None else tau_t)
         return c
 
-    def forward(self, h: Tensor, tau_s: Tensor | None = None, tau_t: Tensor | None = None) -> Tensor:
+    def forward(
+        self, h: Tensor, tau_s: Tensor | None = None, tau_t: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
         """Logits ``(B, L, V)`` from projected inputs ``h`` ``(B, L, d)`` and times ``(B,)``.
 
-        For a flow map (``n_times = 2``) ``tau_t`` defaults to ``tau_s`` (the diagonal).
+        For a flow map (``n_times = 2``) ``tau_t`` defaults to ``tau_s`` (the diagonal). ``cache``:
+        see :meth:`features`.
         """
-        return self.head(self.features(h, tau_s, tau_t))
+        return self.head(self.features(h, tau_s, tau_t, cache))
 
-    def features(self, h: Tensor, tau_s: Tensor | None = None, tau_t: Tensor | None = None) -> Tensor:
+    def features(
+        self, h: Tensor, tau_s: Tensor | None = None, tau_t: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
         """The output head's input ``(B, L, d)``: ``forward = head ∘ features``.
 
         Losses that never hold all ``V``-wide logits at once (chunked cross entropy) start here.
+        With a ``cache`` (causal DiTs only, see :meth:`new_cache`), ``h`` holds the positions
+        ``[cache.length, cache.length + L)`` that follow the cached ones; the result equals the
+        last ``L`` rows of a full forward pass over all positions, and ``cache.length`` grows by ``L``.
         """
+        if cache is not None and not self.config.causal:
+            raise ValueError("a KVCache needs a causal DiT (later positions would change earlier ones)")
         c = self.condition(tau_s, tau_t)
         x = self.drop(h)
-        for block in self.blocks:
-            x = block(x, c)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, c, cache, layer)
+        if cache is not None:
+            cache.length += h.shape[1]
         return self.final.features(x, c)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty :class:`KVCache` for ``batch`` sequences of up to ``max_len`` positions, on this DiT's device."""
+        return KVCache.empty(self.config, batch, max_len, self.embedding.device, self.embedding.dtype)
 
     @property
     def head(self) -> nn.Linear:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flm.model.cache import KVCache
+
 __all__ = ["DiTBlock", "FinalLayer", "Rotary", "TimeEmbedding", "attention", "modulate"]
 
 
@@ -43,16 +45,16 @@ class TimeEmbedding(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary position embeddings applied to ``q, k`` ``(B, L, H, Dh)``."""
+    """Rotary position embeddings applied to ``q, k`` ``(B, L, H, Dh)`` at positions ``offset + [0, L)``."""
 
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
         inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv, persistent=False)
 
-    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
         length = q.shape[1]
-        pos = torch.arange(length, device=q.device, dtype=torch.float32)
+        pos = torch.arange(offset, offset + length, device=q.device, dtype=torch.float32)
         ang = pos[:, None] * self.inv_freq[None]  # (L, Dh/2)
         cos, sin = ang.cos()[None, :, None].to(q.dtype), ang.sin()[None, :, None].to(q.dtype)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -64,10 +66,13 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout: float, impl: str) -> Tensor:
-    """Multi-head attention on ``(B, L, H, Dh)`` tensors → ``(B, L, H, Dh)``.
+    """Multi-head attention: queries ``(B, T, H, Dh)``, keys/values ``(B, S, H, Dh)`` → ``(B, T, H, Dh)``.
 
-    ``impl="flash"`` imports flash-attn lazily (CUDA, fp16/bf16 only); ``"sdpa"`` uses torch's
-    ``scaled_dot_product_attention``, which picks its own fused kernel.
+    ``T < S`` happens with a key/value cache: the queries are the last ``T`` of the ``S`` positions,
+    so the causal mask is aligned bottom-right (query ``i`` sees keys ``j <= S - T + i``).
+    ``impl="flash"`` imports flash-attn lazily (CUDA, fp16/bf16 only; flash-attn >= 2.1 aligns its
+    causal mask bottom-right too); ``"sdpa"`` uses torch's ``scaled_dot_product_attention``, which
+    picks its own fused kernel.
     """
     if impl == "flash":
         try:
@@ -75,8 +80,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout: float, imp
         except ImportError as err:  # pragma: no cover - depends on the optional gpu extra
             raise ImportError("attn_impl='flash' needs flash-attn: pip install 'flm[gpu]'") from err
         return flash_attn_func(q, k, v, dropout_p=dropout, causal=causal)
+    t, s = q.shape[1], k.shape[1]
+    mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t) if causal and 1 < t < s else None
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout, is_causal=causal
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout,
+        is_causal=causal and t == s,
     )
     return out.transpose(1, 2)
 
@@ -103,8 +111,12 @@ class DiTBlock(nn.Module):
             nn.init.zeros_(self.ada.bias)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
-        """``x`` ``(B, L, d)``, ``c`` ``(B, cond_dim)`` or None → ``(B, L, d)``."""
+    def forward(self, x: Tensor, c: Tensor | None, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        """``x`` ``(B, L, d)``, ``c`` ``(B, cond_dim)`` or None → ``(B, L, d)``.
+
+        With ``cache``, ``x`` holds positions ``[cache.length, cache.length + L)``; this block's keys
+        and values are stored in slot ``layer`` and the queries attend to every cached position.
+        """
         if self.ada is not None and c is not None:
             sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
             a_in, gate1 = modulate(self.norm1(x), sh1, sc1), g1[:, None]
@@ -112,7 +124,9 @@ class DiTBlock(nn.Module):
             a_in, gate1, sh2, sc2, g2 = self.norm1(x), 1.0, None, None, None
         b, length, d = x.shape
         q, k, v = self.qkv(a_in).view(b, length, 3, self.n_heads, d // self.n_heads).unbind(2)
-        q, k = self.rotary(q, k)
+        q, k = self.rotary(q, k, cache.length if cache is not None else 0)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)
         p = self.dropout if self.training else 0.0
         att = attention(q, k, v, self.causal, p, self.attn_impl).reshape(b, length, d)
         x = x + gate1 * self.drop(self.proj(att))
