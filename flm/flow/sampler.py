@@ -1,15 +1,18 @@
-"""Samplers: FLM Euler in γ and the K-step FMLM flow-map sampler (MATH.md §1, §2).
+"""Samplers: FLM Euler in γ and the K-step FMLM flow-map sampler (MATH.md §1, §2), optionally clamped.
 
 Both take a denoiser callable and a model-time grid; neither knows about networks. States may be
 dense ``z`` ``(B, L, V)`` or projected ``h = zE`` ``(B, L, d)``: ``lift`` maps the denoiser's
 probabilities into the state's space (identity for dense, ``p ↦ pE`` for projected).
 The final step returns the argmax of the last denoiser output, so ``z`` itself is never needed.
+
+A :class:`Clamp` holds chosen positions (a prompt prefix) at known tokens while the rest is sampled.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -17,7 +20,7 @@ from torch import Tensor
 from flm.flow.flow_map import flow_map, renoise
 from flm.flow.schedule import TimeSchedule
 
-__all__ = ["Denoiser", "FlowMapDenoiser", "flm_sample", "flow_map_sample"]
+__all__ = ["Clamp", "Denoiser", "FlowMapDenoiser", "flm_sample", "flow_map_sample", "prefix_clamp"]
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 """``p(z, τ)``: state ``(B, L, D)``, model time ``(B,)`` → probabilities ``(B, L, V)``."""
@@ -29,6 +32,75 @@ def _identity(p: Tensor) -> Tensor:
     return p
 
 
+@dataclass(frozen=True)
+class Clamp:
+    """Positions ``m`` held at known tokens ``x_m`` during sampling (prefix conditioning).
+
+    With ``e = e(x)`` the clean point of the clamped positions in the state's space (the one-hot
+    for dense states, ``E[x]`` for projected ones), every sampler step uses
+
+        p_m ← e_m                     the denoiser output is the clean one-hot (lifted: ``E[x_m]``)
+        z_m ← e_m                     after every update, and at the start (``interpolant=False``)
+        x̂_m ← x_m                     the returned ids
+
+    The default is the literal clamp: the state sits at the data point, the interpolant's ``γ = 1``
+    end (MATH.md §1), whatever the model time ``τ_k`` of the free positions. With
+    ``interpolant=True`` only the denoiser output is clamped; the Euler step (MATH.md §1) and the
+    flow map ``X_{s,t}`` (MATH.md §2) then carry clamped positions along the interpolant itself,
+    ``z_{γ,m} = (1-γ) ε_m + γ e_m`` with the initial ``ε_m`` (plus fresh noise when re-noising):
+    in distribution for the network, but the prefix is only as visible as the noise level allows.
+
+    Attributes:
+        mask: ``(B, L)`` bool, the clamped positions.
+        ids: ``(B, L)`` long, the tokens (read where ``mask``).
+        target: ``(B, L, D)`` ``e(ids)`` in the state's space (read where ``mask``).
+        interpolant: clamp the denoiser output only, not the state.
+    """
+
+    mask: Tensor
+    ids: Tensor
+    target: Tensor
+    interpolant: bool = False
+
+    def state(self, z: Tensor) -> Tensor:
+        """``z ← where(m, e, z)`` (identity when ``interpolant``): ``(B, L, D)`` → ``(B, L, D)``."""
+        if self.interpolant:
+            return z
+        return torch.where(self.mask[..., None], self.target.to(z.dtype), z)
+
+    def output(self, lifted: Tensor) -> Tensor:
+        """``pE ← where(m, e, pE)``: the lifted denoiser output ``(B, L, D)`` with clamped rows clean."""
+        return torch.where(self.mask[..., None], self.target.to(lifted.dtype), lifted)
+
+    def tokens(self, ids: Tensor) -> Tensor:
+        """``x̂ ← where(m, x, x̂)``: ``(B, L)`` → ``(B, L)``."""
+        return torch.where(self.mask, self.ids, ids)
+
+
+def prefix_clamp(
+    prefix: Tensor, batch: int, length: int, clean_state: Callable[[Tensor], Tensor], interpolant: bool = False
+) -> Clamp:
+    """A :class:`Clamp` of the first ``P`` positions of every sequence to ``prefix``.
+
+    Args:
+        prefix: ``(P,)`` or ``(B, P)`` token ids, ``1 ≤ P ≤ length``.
+        batch, length: ``B`` and ``L`` of the sample.
+        clean_state: ids ``(B, L)`` → ``e(ids)`` ``(B, L, D)`` in the state's space
+            (``F.one_hot`` for dense states, the embedding lookup ``E[ids]`` for projected ones).
+        interpolant: see :class:`Clamp`.
+    """
+    prefix = prefix.long()
+    rows = prefix.expand(batch, -1) if prefix.dim() == 1 else prefix
+    width = rows.shape[-1]
+    if rows.shape[0] != batch or not 1 <= width <= length:
+        raise ValueError(f"prefix of shape {tuple(prefix.shape)} does not fit {batch} sequences of {length} tokens")
+    ids = torch.zeros(batch, length, dtype=torch.long, device=prefix.device)
+    ids[:, :width] = rows
+    mask = torch.zeros(batch, length, dtype=torch.bool, device=prefix.device)
+    mask[:, :width] = True
+    return Clamp(mask, ids, clean_state(ids), interpolant)
+
+
 @torch.no_grad()
 def flm_sample(
     denoise: Denoiser,
@@ -36,11 +108,13 @@ def flm_sample(
     tau: Tensor,
     schedule: TimeSchedule,
     lift: Callable[[Tensor], Tensor] = _identity,
+    clamp: Clamp | None = None,
 ) -> Tensor:
     """Euler in γ on the grid ``τ_0..τ_K`` (MATH.md §1); ``K = len(tau) - 1`` network calls.
 
     For ``k = 0..K-2``: ``p = p(z_k, τ_k)``, ``z_{k+1} = z_k + (γ_{k+1} - γ_k)(p - z_k)/(1 - γ_k)``.
-    Output ``argmax p(z_{K-1}, τ_{K-1})``.
+    Output ``argmax p(z_{K-1}, τ_{K-1})``. With a ``clamp``, ``p``, ``z`` and the output are held at the
+    clamped tokens as :class:`Clamp` says (the Euler step leaves ``z_m = e_m`` in place when ``p_m = e_m``).
 
     Args:
         denoise: ``p(z, τ)``.
@@ -48,6 +122,7 @@ def flm_sample(
         tau: ``(K + 1,)`` increasing grid from 0 to 1 (see ``uniform_grid``).
         schedule: the τ ↔ γ lookup.
         lift: maps ``(B, L, V)`` probabilities into the state's space.
+        clamp: positions held at known tokens (prefix conditioning), or ``None``.
 
     Returns:
         ``(B, L)`` token ids.
@@ -55,13 +130,15 @@ def flm_sample(
     gamma = schedule.gamma(tau.to(torch.float64)).to(z0.dtype)
     tau = tau.to(z0.dtype)
     batch = z0.shape[0]
-    z = z0
+    z = z0 if clamp is None else clamp.state(z0)
     steps = tau.numel() - 1
     for k in range(steps):
         p = denoise(z, tau[k].expand(batch))
         if k == steps - 1:
-            return p.argmax(-1)
-        z = z + (gamma[k + 1] - gamma[k]) * (lift(p) - z) / (1 - gamma[k])
+            return p.argmax(-1) if clamp is None else clamp.tokens(p.argmax(-1))
+        lifted = lift(p) if clamp is None else clamp.output(lift(p))
+        z = z + (gamma[k + 1] - gamma[k]) * (lifted - z) / (1 - gamma[k])
+        z = z if clamp is None else clamp.state(z)
     raise ValueError("tau must hold at least two points")
 
 
@@ -74,12 +151,15 @@ def flow_map_sample(
     lift: Callable[[Tensor], Tensor] = _identity,
     g: float = 0.0,
     noise: Callable[[], Tensor] | None = None,
+    clamp: Clamp | None = None,
 ) -> Tensor:
     """K-step flow-map sampler ``z_{k+1} = X_{γ_k, γ_{k+1}}(z_k)`` (MATH.md §2).
 
     The network sees ``δ(z_k; τ_k, τ_{k+1})``; the last step outputs ``argmax δ(z_{K-1}; τ_{K-1}, 1)``.
     With ``g > 0`` each intermediate step jumps to ``γ̃ = 1 - (1-γ_{k+1}) sqrt(1-g²)`` (network
     conditioned on ``τ̃ = α(γ̃)``) and re-noises back to ``γ_{k+1}`` (see :func:`renoise`).
+    With a ``clamp``, ``δ``, ``z`` (after the jump and the re-noising) and the output are held at the
+    clamped tokens as :class:`Clamp` says; one step (``K = 1``) sees the prefix in ``z_0`` only.
 
     Args:
         denoise: ``δ(z; τ_s, τ_t)``.
@@ -89,6 +169,7 @@ def flow_map_sample(
         lift: maps probabilities into the state's space.
         g: re-noising strength in ``[0, 1]``; 0 is the deterministic map.
         noise: returns fresh ``(B, L, D)`` noise in the state's space; required when ``g > 0``.
+        clamp: positions held at known tokens (prefix conditioning), or ``None``.
 
     Returns:
         ``(B, L)`` token ids.
@@ -101,16 +182,19 @@ def flow_map_sample(
     tau = tau.to(z0.dtype)
     batch = z0.shape[0]
     shrink = math.sqrt(1.0 - g * g)
-    z = z0
+    z = z0 if clamp is None else clamp.state(z0)
     steps = tau.numel() - 1
     for k in range(steps):
         if k == steps - 1:
-            return denoise(z, tau[k].expand(batch), tau[steps].expand(batch)).argmax(-1)
+            ids = denoise(z, tau[k].expand(batch), tau[steps].expand(batch)).argmax(-1)
+            return ids if clamp is None else clamp.tokens(ids)
         gamma_next = gamma[k + 1]
         gamma_jump = 1 - (1 - gamma_next) * shrink if g > 0 else gamma_next
         tau_jump = schedule.tau(gamma_jump.to(torch.float64)).to(z0.dtype) if g > 0 else tau[k + 1]
         delta = lift(denoise(z, tau[k].expand(batch), tau_jump.expand(batch)))
+        delta = delta if clamp is None else clamp.output(delta)
         z = flow_map(z, delta, gamma[k], gamma_jump)
         if g > 0:
             z = renoise(z, delta, gamma_jump, gamma_next, g, noise())
+        z = z if clamp is None else clamp.state(z)
     raise ValueError("tau must hold at least two points")

@@ -1,19 +1,116 @@
-"""Text from a checkpoint directory: rebuild the EMA backbone, sample token ids, decode them.
+"""Text from a saved model: rebuild the EMA backbone, sample token ids (optionally after a prefix), decode.
 
 A checkpoint of :mod:`flm.train.checkpoint` carries its model config, so nothing else is needed:
 a one-time backbone (``n_times = 1``) is an FLM and samples with ``steps`` Euler steps of its
 denoiser (MATH.md §1); a two-time backbone is an FMLM flow map and samples with ``steps`` flow-map
-jumps (MATH.md §2; ``steps = 1`` is one forward pass). Weights are read with safetensors, never
-unpickled. This module knows nothing about MLflow (:mod:`flm.registry.pyfunc` wraps it).
+jumps (MATH.md §2; ``steps = 1`` is one forward pass), deterministic or re-noised. A prefix is
+clamped to its one-hot values during denoising (:class:`flm.flow.sampler.Clamp`), so the output
+starts with it exactly. Weights are read with safetensors, never unpickled.
+
+Sources: a checkpoint directory, or an MLflow model URI (``models:/NAME@ALIAS``, ``models:/NAME/3``,
+``runs:/...``) whose artifacts :mod:`flm.registry.fetch` downloads (MLflow is imported only then).
+
+Each model kind is one sampling function in ``SAMPLERS``; :func:`model_kind` tells the kind of a
+backbone. Adding a kind is adding one function and one entry (plus ``PREFIX_KINDS`` if it can
+condition on a prefix).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-__all__ = ["TextGenerator"]
+from flm.flow import TimeSchedule, flm_sample, flow_map_sample, uniform_grid
+from flm.flow.sampler import Clamp, prefix_clamp
+from flm.model import DiT
+from flm.objectives.common import ProjectedSpace, at_least_float32
+
+__all__ = ["PREFIX_KINDS", "RENOISE_G", "SAMPLERS", "SampleRequest", "TextGenerator", "is_model_uri", "model_kind"]
+
+RENOISE_G = 0.8
+"""Re-noising strength ``g`` of ``renoise=True`` (MATH.md §2; the paper's LM1B evaluation)."""
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """What to sample: ``n`` sequences of ``length`` tokens with ``steps`` network evaluations.
+
+    Attributes:
+        prefix: ``(P,)`` token ids every sequence starts with, or ``None``.
+        g: re-noising strength in ``[0, 1]`` (FMLM only; 0 = the deterministic flow map).
+    """
+
+    n: int
+    steps: int
+    length: int
+    prefix: Tensor | None = None
+    g: float = 0.0
+
+
+Sampler = Callable[[DiT, SampleRequest, torch.Generator], Tensor]
+"""``(backbone, request, generator) -> (n, length)`` token ids."""
+
+
+def _sample_flm(backbone: DiT, request: SampleRequest, generator: torch.Generator) -> Tensor:
+    """FLM: Euler in γ (MATH.md §1) on the projected path (§3), the prefix clamped to ``E[x]``."""
+    if request.g:
+        raise ValueError("renoise applies to FMLM flow maps only; an FLM samples with the deterministic Euler ODE")
+    space = ProjectedSpace(backbone.embedding)
+    h0 = space.noise((request.n, request.length), generator)
+
+    def denoise(h: Tensor, tau: Tensor) -> Tensor:
+        return at_least_float32(backbone(h, tau)).softmax(-1)
+
+    schedule = TimeSchedule(backbone.config.vocab_size)
+    return flm_sample(denoise, h0, uniform_grid(request.steps, h0.device), schedule, lift=space.lift,
+                      clamp=_clamp(backbone, request))
+
+
+def _sample_fmlm(backbone: DiT, request: SampleRequest, generator: torch.Generator) -> Tensor:
+    """FMLM: ``steps`` flow-map jumps (MATH.md §2), re-noised with ``g > 0``, the prefix clamped to ``E[x]``."""
+    space = ProjectedSpace(backbone.embedding)
+    shape = (request.n, request.length)
+    h0 = space.noise(shape, generator)
+
+    def denoise(h: Tensor, tau_s: Tensor, tau_t: Tensor) -> Tensor:
+        return at_least_float32(backbone(h, tau_s, tau_t)).softmax(-1)
+
+    schedule = TimeSchedule(backbone.config.vocab_size)
+    return flow_map_sample(denoise, h0, uniform_grid(request.steps, h0.device), schedule, lift=space.lift,
+                           g=request.g, noise=space.noise_fn(shape, generator), clamp=_clamp(backbone, request))
+
+
+def _clamp(backbone: DiT, request: SampleRequest) -> Clamp | None:
+    """The prefix as a :class:`~flm.flow.sampler.Clamp` in the projected space: ``e(x) E = E[x]`` ``(n, L, d)``."""
+    if request.prefix is None:
+        return None
+    return prefix_clamp(request.prefix.to(backbone.embedding.device), request.n, request.length, backbone.embed_ids)
+
+
+SAMPLERS: dict[str, Sampler] = {"flm": _sample_flm, "fmlm": _sample_fmlm}
+"""The one dispatch table: model kind -> sampling function."""
+PREFIX_KINDS: frozenset[str] = frozenset({"flm", "fmlm"})
+"""Kinds whose sampler can clamp a prefix."""
+
+
+def model_kind(backbone: DiT) -> str:
+    """``"flm"`` for a one-time backbone (``n_times = 1``), ``"fmlm"`` for a two-time flow map."""
+    times = backbone.config.n_times
+    if times == 1:
+        return "flm"
+    if times == 2:
+        return "fmlm"
+    raise ValueError(f"no sampler for a backbone with n_times={times}; known kinds: {', '.join(SAMPLERS)}")
+
+
+def is_model_uri(source: str | Path) -> bool:
+    """Whether ``source`` is a URI (``models:/...``, ``runs:/...``, ``s3://...``) rather than a directory."""
+    return isinstance(source, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", source) is not None
 
 
 class TextGenerator:
@@ -29,15 +126,43 @@ class TextGenerator:
                  device: str | torch.device = "cpu") -> None:
         from flm.train.checkpoint import load_backbone, read_meta
 
+        folder = Path(checkpoint_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such checkpoint directory")
+        if not (folder / "checkpoint.json").is_file():
+            raise ValueError(f"{folder}: not a checkpoint directory (no checkpoint.json)")
         self.device = torch.device(device)
-        self.meta = read_meta(checkpoint_dir)
-        self.backbone = load_backbone(checkpoint_dir, ema=True, device=self.device)
-        self.kind = "flm" if self.backbone.config.n_times == 1 else "fmlm"
+        self.meta = read_meta(folder)
+        self.backbone = load_backbone(folder, ema=True, device=self.device)
+        self.kind = model_kind(self.backbone)
         self.decoder = None
         if tokenizer_dir is not None:
             from flm.data.tokenizer import load_tokenizer
 
             self.decoder = load_tokenizer(tokenizer_dir)
+            if self.decoder.vocab_size != self.backbone.config.vocab_size:
+                raise ValueError(f"{tokenizer_dir}: tokenizer has {self.decoder.vocab_size} tokens, the model "
+                                 f"{self.backbone.config.vocab_size}")
+
+    @classmethod
+    def load(cls, source: str | Path, tokenizer: str | Path | None = None, device: str | torch.device = "cpu",
+             tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> TextGenerator:
+        """A generator from a checkpoint directory or an MLflow model URI.
+
+        Args:
+            source: a checkpoint directory, or ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/ID/model``.
+            tokenizer: a tokenizer directory; for a URI, default the model's own tokenizer artifact.
+            device: where to run.
+            tracking_uri: the MLflow tracking (and registry) store of a URI (default: MLflow's own default).
+            cache_dir: keep downloaded models here, keyed by the resolved version (default: a
+                temporary directory, removed once the weights are in memory).
+        """
+        if not is_model_uri(source):
+            return cls(source, tokenizer, device)
+        from flm.registry.fetch import fetched_model
+
+        with fetched_model(str(source), tracking_uri, cache_dir) as files:
+            return cls(files.checkpoint, tokenizer if tokenizer is not None else files.tokenizer, device)
 
     @property
     def default_length(self) -> int:
@@ -45,32 +170,51 @@ class TextGenerator:
         data = self.meta.get("params", {}).get("data", {})
         return int(data.get("packing", {}).get("seq_len", 128))
 
+    def encode_prefix(self, prefix: str | list[int] | Tensor) -> Tensor:
+        """``(P,)`` ids of a prefix: text through the checkpoint's tokenizer (no BOS/EOS), ids as given."""
+        if isinstance(prefix, str):
+            if self.decoder is None:
+                raise ValueError("a text prefix needs a tokenizer; give tokenizer ids or load one with the model")
+            ids = torch.tensor(self.decoder.encode_batch([prefix])[0], dtype=torch.long)
+        else:
+            ids = torch.as_tensor(prefix, dtype=torch.long).flatten()
+        vocab = self.backbone.config.vocab_size
+        if ids.numel() and not bool(((ids >= 0) & (ids < vocab)).all()):
+            raise ValueError(f"prefix ids must lie in [0, {vocab}), got {ids.tolist()}")
+        return ids
+
     @torch.no_grad()
-    def sample_ids(self, n: int, steps: int, length: int, seed: int = 0) -> torch.Tensor:
-        """``(n, length)`` token ids from ``steps`` network evaluations, noise from ``seed``."""
+    def sample_ids(self, n: int, steps: int, length: int, seed: int = 0, prefix: str | list[int] | None = None,
+                   renoise: bool | float = False) -> Tensor:
+        """``(n, length)`` token ids from ``steps`` network evaluations, noise from ``seed``.
+
+        Args:
+            prefix: text or ids every sequence starts with (clamped during denoising); ``None``/empty: none.
+            renoise: FMLM only; ``True`` re-noises each intermediate jump with ``g = RENOISE_G``, a float
+                is ``g`` itself; ``False`` is the deterministic flow map (a function of the initial noise).
+        """
         if n < 1 or steps < 1 or length < 1:
             raise ValueError(f"n, steps and length must be positive (got {n}, {steps}, {length})")
+        g = RENOISE_G if renoise is True else float(renoise)
+        ids = self.encode_prefix(prefix) if prefix is not None else None
+        if ids is not None and ids.numel() == 0:
+            ids = None
+        if ids is not None and self.kind not in PREFIX_KINDS:
+            raise ValueError(f"a prefix is not supported for {self.kind} models yet (supported: "
+                             f"{', '.join(sorted(PREFIX_KINDS))})")
+        if ids is not None and ids.numel() > length:
+            raise ValueError(f"the prefix has {ids.numel()} tokens, more than length={length}")
         generator = torch.Generator(self.device).manual_seed(int(seed))
-        if self.kind == "flm":
-            from flm.objectives import FLMObjective
+        return SAMPLERS[self.kind](self.backbone, SampleRequest(n, steps, length, ids, g), generator)
 
-            return FLMObjective(self.backbone).sample(n, length, steps, generator=generator)
-        from flm.flow import TimeSchedule, flow_map_sample, uniform_grid
-        from flm.objectives.common import ProjectedSpace, at_least_float32
-
-        space = ProjectedSpace(self.backbone.embedding)
-        h0 = space.noise((n, length), generator)
-
-        def denoise(h: torch.Tensor, tau_s: torch.Tensor, tau_t: torch.Tensor) -> torch.Tensor:
-            return at_least_float32(self.backbone(h, tau_s, tau_t)).softmax(-1)
-
-        schedule = TimeSchedule(self.backbone.config.vocab_size)
-        return flow_map_sample(denoise, h0, uniform_grid(steps, h0.device), schedule, lift=space.lift,
-                               noise=space.noise_fn((n, length), generator))
-
-    def generate(self, n: int = 1, steps: int = 1, length: int | None = None, seed: int = 0) -> list[str]:
-        """``n`` decoded texts (``steps`` NFE, ``length`` tokens, default the training ``L``)."""
-        ids = self.sample_ids(n, steps, length or self.default_length, seed).cpu().tolist()
+    def decode(self, ids: Tensor) -> list[str]:
+        """Texts of ``(n, L)`` ids (ids joined by spaces without a tokenizer)."""
+        rows = ids.cpu().tolist()
         if self.decoder is None:
-            return [" ".join(map(str, row)) for row in ids]
-        return [self.decoder.decode(row) for row in ids]
+            return [" ".join(map(str, row)) for row in rows]
+        return [self.decoder.decode(row) for row in rows]
+
+    def generate(self, n: int = 1, steps: int = 1, length: int | None = None, seed: int = 0,
+                 prefix: str | list[int] | None = None, renoise: bool | float = False) -> list[str]:
+        """``n`` decoded texts (``steps`` NFE, ``length`` tokens, default the training ``L``), prefix included."""
+        return self.decode(self.sample_ids(n, steps, length or self.default_length, seed, prefix, renoise))
