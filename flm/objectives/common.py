@@ -45,7 +45,9 @@ def _ce_block(features: Tensor, weight: Tensor, bias: Tensor, x: Tensor) -> Tens
     return F.cross_entropy(at_least_float32(logits), x, reduction="none")
 
 
-def chunked_token_cross_entropy(features: Tensor, head: nn.Linear, x: Tensor, chunk: int) -> Tensor:
+def chunked_token_cross_entropy(
+    features: Tensor, head: nn.Linear, x: Tensor, chunk: int, classes: int | None = None
+) -> Tensor:
     """``-log softmax(features Wᵀ + b)[x]`` per token without all logits at once.
 
     The tokens are processed ``chunk`` at a time under activation checkpointing: each chunk's
@@ -58,13 +60,16 @@ def chunked_token_cross_entropy(features: Tensor, head: nn.Linear, x: Tensor, ch
         head: the output projection ``d → V``.
         x: ``(B, L)`` target ids.
         chunk: tokens per chunk.
+        classes: keep only the head's first ``classes`` outputs (the baselines drop their extra
+            start / mask id, MATH.md §6); ``None`` keeps all.
 
     Returns:
         ``(B, L)`` per-token cross entropy, equal to :func:`token_cross_entropy` of the full logits.
     """
     flat, targets = features.flatten(0, 1), x.flatten()
+    weight, bias = head.weight[:classes], head.bias[:classes]
     parts = [
-        checkpoint(_ce_block, f, head.weight, head.bias, t, use_reentrant=False)
+        checkpoint(_ce_block, f, weight, bias, t, use_reentrant=False)
         for f, t in zip(flat.split(chunk), targets.split(chunk), strict=True)
     ]
     return torch.cat(parts).view_as(x)
