@@ -57,7 +57,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="flm", description="Flow language models (FLM, FMLM): flm COMMAND --help.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(commands)
     return parser
