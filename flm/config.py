@@ -2,8 +2,9 @@
 
 Every model forbids unknown keys, so a typo is an error, not a silent default. A section that is
 absent from the file takes its defaults. Sections: ``data`` (corpus, tokenizer, packing), ``model``
-(the DiT), ``train`` (FLM pretraining), ``distill`` (FMLM distillation) and ``cluster`` (workers
-and devices; no DVC stage depends on it).
+(the DiT, shared by every trained model), ``train`` (FLM pretraining), ``distill`` (FMLM
+distillation), ``ar`` and ``mdlm`` (the baselines) and ``cluster`` (workers and devices; no DVC
+stage depends on it).
 
 Profiles. The file's top level holds the laptop default; ``profiles`` maps a name to an *overlay*
 (a partial tree) and ``profile`` chooses one (``laptop`` is the base with no overlay). An overlay
@@ -226,7 +227,7 @@ class ModelParams(Frozen):
 
 
 class LoopParams(Frozen):
-    """What the training loop reads; shared by ``train`` (FLM) and ``distill`` (FMLM)."""
+    """What the training loop reads; shared by ``train`` (FLM), ``distill`` (FMLM), ``ar`` and ``mdlm``."""
 
     steps: int = Field(ge=1)
     """Optimizer steps."""
@@ -302,6 +303,24 @@ class DistillParams(LoopParams):
     sample_steps: tuple[int, ...] = Field((1, 4), min_length=1)
 
 
+class ARParams(LoopParams):
+    """``ar``: the autoregressive baseline (MATH.md §6), same backbone shape and loop as FLM."""
+
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    sample_steps: tuple[int, ...] = Field((1,), min_length=1)
+    """Ignored by the AR sampler (it always makes ``L`` network calls); one entry = one snapshot."""
+
+
+class MDLMParams(LoopParams):
+    """``mdlm``: the masked diffusion baseline (MATH.md §6), same backbone shape and loop as FLM."""
+
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eps: float = Field(1e-3, gt=0.0, lt=1.0)
+    """Training times ``t ∈ [eps, 1)`` (keeps the NELBO weight ``1/t`` finite)."""
+
+
 class ClusterParams(Frozen):
     """``cluster``: where the stages run. No DVC stage lists it: resources never change results."""
 
@@ -322,6 +341,8 @@ class Params(Frozen):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     distill: DistillParams = DistillParams()
+    ar: ARParams = ARParams()
+    mdlm: MDLMParams = MDLMParams()
     cluster: ClusterParams = ClusterParams()
 
 

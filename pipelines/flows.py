@@ -1,4 +1,4 @@
-"""Prefect flows, one per training stage (``train_flm``, ``distill_fmlm``), and ``promote``.
+"""Prefect flows, one per training stage (``train_flm``, ``distill_fmlm``, ``train_ar``, ``train_mdlm``), ``promote``.
 
 Each training flow is thin:
 
@@ -8,9 +8,10 @@ Each training flow is thin:
    the Prefect flow-run id, and a child run for the Ray job (rank 0 logs step metrics, samples and
    checkpoints into it);
 3. run the stage on Ray Train (:func:`flm.distributed.run_stage`, sized by the ``cluster`` params);
-4. write the DVC outputs: the final checkpoint (``models/flm`` | ``models/fmlm``, copied from
-   Ray's persisted checkpoint) and the metrics JSON (``metrics/flm.json`` | ``metrics/fmlm.json``);
-5. log the metrics and the model (a text-generating pyfunc, registered as ``flm`` | ``fmlm``).
+4. write the DVC outputs: the final checkpoint (``models/<name>``, copied from Ray's persisted
+   checkpoint) and the metrics JSON (``metrics/<name>.json``), ``<name>`` one of ``flm``, ``fmlm``,
+   ``ar``, ``mdlm`` (:data:`MODEL_NAMES`);
+5. log the metrics and the model (a text-generating pyfunc, registered as ``<name>``).
 
 Command line (the DVC stages call this): ``python -m pipelines.run train_flm [--workers N]``
 (:mod:`pipelines.run` makes the process hermetic *before* Prefect and MLflow are imported).
@@ -28,9 +29,13 @@ from prefect import flow, get_run_logger
 
 from flm.config import Params, load_params
 
-__all__ = ["FLOWS", "distill_fmlm", "promote", "resolve_params", "run_training", "train_flm"]
+__all__ = [
+    "FLOWS", "MODEL_NAMES", "distill_fmlm", "promote", "resolve_params", "run_training", "train_ar", "train_flm",
+    "train_mdlm",
+]
 
-MODEL_NAMES = {"train_flm": "flm", "distill_fmlm": "fmlm"}
+MODEL_NAMES = {"train_flm": "flm", "distill_fmlm": "fmlm", "train_ar": "ar", "train_mdlm": "mdlm"}
+"""Training flow -> model name (``models/<name>``, ``metrics/<name>.json``, the registered model)."""
 
 
 def resolve_params(params: Params | dict[str, Any] | None, params_file: str, profile: str | None) -> Params:
@@ -53,7 +58,7 @@ def run_training(
     stage: str, params: Params, root: str | Path = ".", workers: int | None = None, max_failures: int = 1,
     ray_address: str | None = None, register_model: bool = True,
 ) -> dict[str, Any]:
-    """Run one training stage end to end (the body of both training flows); see the module docstring.
+    """Run one training stage end to end (the body of every training flow); see the module docstring.
 
     Returns:
         ``run_id`` (parent), ``ray_run_id`` (child), ``metrics``, ``checkpoint`` (the DVC output),
@@ -93,7 +98,8 @@ def run_training(
             teacher = scratch / "models" / "flm"
             if not teacher.exists():
                 teacher.symlink_to(root / "models" / "flm", target_is_directory=True)
-        stage_fn: Callable[..., Any] = functools.partial(getattr(train_stages, stage), paths=paths, progress=False)
+        stage_fn: Callable[..., Any] = functools.partial(getattr(train_stages, stage), paths=paths,
+                                                         progress="lines")
         _log(f"{stage}: Ray job {job_name} on {spec.workers} worker(s), MLflow run {parent.run_id}")
         outcome = run_stage(stage_fn, params, spec, tracking_uri=uri, run_id=child.run_id, state_dir=state)
 
@@ -156,6 +162,32 @@ def distill_fmlm(
     return run_training("distill_fmlm", p, root, workers, max_failures, ray_address, register_model)
 
 
+@flow(name="train_ar")
+def train_ar(
+    params: Params | None = None, params_file: str = "params.yaml", profile: str | None = None, root: str = ".",
+    workers: int | None = None, max_failures: int = 1, ray_address: str | None = None, register_model: bool = True,
+) -> dict[str, Any]:
+    """The AR baseline on Ray Train: ``data/tokens`` -> ``models/ar``, ``metrics/ar.json``, model ``ar``.
+
+    Arguments as for :func:`train_flm`.
+    """
+    p = resolve_params(params, str(Path(root) / params_file), profile)
+    return run_training("train_ar", p, root, workers, max_failures, ray_address, register_model)
+
+
+@flow(name="train_mdlm")
+def train_mdlm(
+    params: Params | None = None, params_file: str = "params.yaml", profile: str | None = None, root: str = ".",
+    workers: int | None = None, max_failures: int = 1, ray_address: str | None = None, register_model: bool = True,
+) -> dict[str, Any]:
+    """The MDLM baseline on Ray Train: ``data/tokens`` -> ``models/mdlm``, ``metrics/mdlm.json``, model ``mdlm``.
+
+    Arguments as for :func:`train_flm`.
+    """
+    p = resolve_params(params, str(Path(root) / params_file), profile)
+    return run_training("train_mdlm", p, root, workers, max_failures, ray_address, register_model)
+
+
 @flow(name="promote")
 def promote(model: str = "flm", version: int | None = None, metric: str = "val_loss", lower_is_better: bool = True,
             root: str = ".") -> dict[str, Any]:
@@ -174,4 +206,5 @@ def promote(model: str = "flm", version: int | None = None, metric: str = "val_l
             "champion_before": decision.champion_before}
 
 
-FLOWS = {"train_flm": train_flm, "distill_fmlm": distill_fmlm, "promote": promote}
+FLOWS = {"train_flm": train_flm, "distill_fmlm": distill_fmlm, "train_ar": train_ar, "train_mdlm": train_mdlm,
+         "promote": promote}

@@ -1,4 +1,4 @@
-"""``python -m pipelines.run {train_flm,distill_fmlm,promote} ...``: run one flow from the command line.
+"""``python -m pipelines.run {train_flm,distill_fmlm,train_ar,train_mdlm,promote} ...``: run one flow.
 
 This module imports nothing heavy at the top: it makes the process hermetic (telemetry off,
 ``PREFECT_HOME`` and the other tool state under ``<root>/.state``) *before* Prefect and MLflow are
@@ -21,7 +21,7 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.splitlines()[0])
-    parser.add_argument("flow", choices=["train_flm", "distill_fmlm", "promote"])
+    parser.add_argument("flow", choices=["train_flm", "distill_fmlm", "train_ar", "train_mdlm", "promote"])
     parser.add_argument("--params", default="params.yaml", help="parameter file, relative to --root")
     parser.add_argument("--profile", default=None)
     parser.add_argument("--root", default=".", help="project directory (data/, models/, metrics/, .state/)")

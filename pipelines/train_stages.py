@@ -1,9 +1,14 @@
-"""DVC training stages: ``python -m pipelines.train_stages {train_flm,distill_fmlm}``.
+"""DVC training stages: ``python -m pipelines.train_stages {train_flm,distill_fmlm,train_ar,train_mdlm}``.
 
 * ``train_flm``: ``model`` + ``train`` params, ``data/tokens`` -> ``models/flm`` (the final
   checkpoint) and ``metrics/flm.json``.
 * ``distill_fmlm``: ``distill`` params, ``models/flm`` (the teacher, rebuilt from its own saved
   config with its EMA weights) -> ``models/fmlm`` and ``metrics/fmlm.json``.
+* ``train_ar`` / ``train_mdlm``: the baselines (MATH.md §6), ``model`` + ``ar`` / ``mdlm`` params,
+  ``data/tokens`` -> ``models/ar`` / ``models/mdlm`` and ``metrics/ar.json`` / ``metrics/mdlm.json``.
+
+Every checkpoint's meta records its ``model_kind`` (``flm``, ``fmlm``, ``ar``, ``mdlm``;
+:func:`flm.train.checkpoint.model_kind`), so a generator needs nothing but the directory.
 
 Each stage opens an MLflow run (experiment ``flm``; sqlite store under ``.state/mlflow`` unless
 ``MLFLOW_TRACKING_URI`` says otherwise), logs its params, per-step metrics, sample snapshots and
@@ -21,7 +26,7 @@ import json
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,9 @@ from flm.data.errors import DataError
 from flm.tracking import NullTracker, Tracker, make_tracker
 from flm.train.checkpoint import load_backbone, read_meta
 from flm.train.loop import LoopResult, train_loop
+
+MODEL_NAMES = {"train_flm": "flm", "distill_fmlm": "fmlm", "train_ar": "ar", "train_mdlm": "mdlm"}
+"""Stage -> model name: ``models/<name>``, ``metrics/<name>.json`` and the checkpoint's ``model_kind``."""
 
 
 @dataclass(frozen=True)
@@ -88,11 +96,12 @@ def _run(
     world_size: int,
 ) -> StageResult:
     """Train, export the final checkpoint to ``models/<name>``, write the metrics, log everything."""
-    name = {"train_flm": "flm", "distill_fmlm": "fmlm"}[stage]
+    name = MODEL_NAMES[stage]
     train = TokenBlocks(paths.tokens, "train")
     val = TokenBlocks(paths.tokens, "val")
     run_key = _run_key(key_parts)
-    meta = {"params": params.model_dump(mode="json"), "run_key": run_key, "stage": stage, **key_parts}
+    meta = {"params": params.model_dump(mode="json"), "run_key": run_key, "stage": stage, "model_kind": name,
+            **key_parts}
     own = tracker is None and rank == 0
     if tracker is None:
         tracker = make_tracker("flm", run_name=stage, state_dir=paths.state) if rank == 0 else NullTracker()
@@ -182,7 +191,56 @@ def distill_fmlm(
     return _run("distill_fmlm", objective, "student", params, d, key, paths, tracker, progress, rank, world_size)
 
 
-STAGES = {"train_flm": train_flm, "distill_fmlm": distill_fmlm}
+def _train_baseline(
+    stage: str, make_objective: Callable[[Any], torch.nn.Module], n_times: int, causal: bool, params: Params,
+    paths: StagePaths | None, tracker: Tracker | None, progress: bool, rank: int, world_size: int,
+    device: str | torch.device | None,
+) -> StageResult:
+    """A baseline on ``data/tokens``: the shared ``model`` shape with ``V + 1`` ids (MATH.md §6)."""
+    from flm.model import DiT
+
+    name = MODEL_NAMES[stage]
+    settings = getattr(params, name)
+    paths = paths or StagePaths()
+    device = torch.device(device) if device is not None else _device()
+    blocks = TokenBlocks(paths.tokens, "train")
+    torch.manual_seed(settings.seed)
+    config = params.model.dit_config(blocks.vocab_size + 1, n_times=n_times).replace(causal=causal)
+    objective = make_objective(DiT(config)).to(device)
+    key = {
+        "model": params.model.model_dump(mode="json"),
+        name: settings.model_dump(mode="json"),
+        "data_fingerprint": blocks.meta.get("source_fingerprint"),
+        "vocab_size": blocks.vocab_size,
+    }
+    return _run(stage, objective, "backbone", params, settings, key, paths, tracker, progress, rank, world_size)
+
+
+def train_ar(
+    params: Params, paths: StagePaths | None = None, tracker: Tracker | None = None, progress: bool = True,
+    rank: int = 0, world_size: int = 1, device: str | torch.device | None = None,
+) -> StageResult:
+    """Stage ``train_ar``: the AR baseline (causal, no time input) -> ``models/ar``, ``metrics/ar.json``."""
+    from flm.objectives import ARObjective
+
+    return _train_baseline("train_ar", ARObjective, 0, True, params, paths, tracker, progress, rank, world_size,
+                           device)
+
+
+def train_mdlm(
+    params: Params, paths: StagePaths | None = None, tracker: Tracker | None = None, progress: bool = True,
+    rank: int = 0, world_size: int = 1, device: str | torch.device | None = None,
+) -> StageResult:
+    """Stage ``train_mdlm``: the MDLM baseline (bidirectional, timed) -> ``models/mdlm``, ``metrics/mdlm.json``."""
+    from flm.objectives import MDLMObjective
+
+    def make(backbone: Any) -> torch.nn.Module:
+        return MDLMObjective(backbone, eps=params.mdlm.eps)
+
+    return _train_baseline("train_mdlm", make, 1, False, params, paths, tracker, progress, rank, world_size, device)
+
+
+STAGES = {"train_flm": train_flm, "distill_fmlm": distill_fmlm, "train_ar": train_ar, "train_mdlm": train_mdlm}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -192,8 +250,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default=None, help="profile to apply (default: the file's 'profile')")
     parser.add_argument("--tokens", default="data/tokens")
     parser.add_argument("--tokenizer", default="data/tokenizer")
-    parser.add_argument("--models", default="models", help="final checkpoints go to MODELS/{flm,fmlm}")
-    parser.add_argument("--metrics", default="metrics", help="metrics go to METRICS/{flm,fmlm}.json")
+    parser.add_argument("--models", default="models", help="final checkpoints go to MODELS/<model>")
+    parser.add_argument("--metrics", default="metrics", help="metrics go to METRICS/<model>.json")
     parser.add_argument("--state", default=".state", help="run checkpoints and the MLflow store")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

@@ -8,7 +8,7 @@ A checkpoint is a directory ``ckpt-<step:08d>`` holding
 * ``optimizer.safetensors`` + ``optimizer.json``: the optimizer's tensors and the rest of its state;
 * ``rng.safetensors``: uint8 RNG states (torch CPU, CUDA if used, the objective's generator);
 * ``checkpoint.json``: format, step, backbone name, ``model_config`` (``DiTConfig.to_dict()``),
-  and what the caller adds (params, data fingerprint, ...).
+  and what the caller adds (params, data fingerprint, ``model_kind``, ...).
 
 It is written into a hidden temporary sibling and renamed into place, so a run killed at any
 moment leaves either the complete checkpoint or none. Nothing is unpickled when reading back.
@@ -39,15 +39,19 @@ from flm.train.state import (
 
 __all__ = [
     "FORMAT",
+    "MODEL_KINDS",
     "latest_checkpoint",
     "list_checkpoints",
     "load_backbone",
+    "model_kind",
     "read_meta",
     "restore_checkpoint",
     "save_checkpoint",
 ]
 
 FORMAT = "flm.checkpoint/1"
+MODEL_KINDS = ("flm", "fmlm", "ar", "mdlm")
+"""What a checkpoint's backbone is: an FLM denoiser, an FMLM flow map, the AR or the MDLM baseline."""
 _NAME = re.compile(r"^ckpt-(\d{8})$")
 
 
@@ -119,6 +123,19 @@ def read_meta(checkpoint_dir: str | Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint (format {meta.get('format')!r})")
     return meta
+
+
+def model_kind(checkpoint_dir: str | Path) -> str:
+    """The checkpoint's :data:`MODEL_KINDS` entry: its meta ``model_kind``, written by the training stages.
+
+    Checkpoints from before that field are FLM (``n_times = 1``) or FMLM (``n_times = 2``); FLM and
+    MDLM both have ``n_times = 1``, so only the field tells them apart.
+    """
+    meta = read_meta(checkpoint_dir)
+    kind = meta.get("model_kind") or {1: "flm", 2: "fmlm"}.get(meta["model_config"]["n_times"])
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"{checkpoint_dir}: unknown model kind {kind!r}; known kinds: {', '.join(MODEL_KINDS)}")
+    return kind
 
 
 def restore_checkpoint(

@@ -10,4 +10,8 @@ TINY: dict[str, Any] = {
               "val_batches": 2, "ckpt_every": 6, "log_every": 3, "sample_n": 2, "sample_steps": [4]},
     "distill": {"steps": 6, "batch_size": 8, "ema_decay": 0.9, "val_every": 3, "val_batches": 2, "ckpt_every": 3,
                 "log_every": 3, "sample_n": 2, "sample_steps": [1, 2]},
+    "ar": {"steps": 12, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "ema_decay": 0.9, "val_every": 6,
+           "val_batches": 2, "ckpt_every": 6, "log_every": 3, "sample_n": 2, "sample_steps": [1]},
+    "mdlm": {"steps": 12, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "ema_decay": 0.9, "val_every": 6,
+             "val_batches": 2, "ckpt_every": 6, "log_every": 3, "sample_n": 2, "sample_steps": [1, 4]},
 }

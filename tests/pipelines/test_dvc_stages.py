@@ -38,7 +38,14 @@ def test_each_training_stage_lists_exactly_its_params_sections() -> None:
     assert all_stages["train_flm"]["outs"] == ["models/flm"] and all_stages["distill_fmlm"]["outs"] == ["models/fmlm"]
     assert all_stages["train_flm"]["metrics"] == ["metrics/flm.json"]
     assert all_stages["distill_fmlm"]["metrics"] == ["metrics/fmlm.json"]
-    for stage in ("train_flm", "distill_fmlm"):
+    for name in ("ar", "mdlm"):  # the baselines: the shared model shape and their own loop section
+        stage = all_stages[f"train_{name}"]
+        assert stage["params"] == ["profile", "model", name, "profiles.lm1b.model", f"profiles.lm1b.{name}",
+                                   "profiles.owt.model", f"profiles.owt.{name}"]
+        assert stage["outs"] == [f"models/{name}"] and stage["metrics"] == [f"metrics/{name}.json"]
+        assert stage["cmd"] == all_stages["train_flm"]["cmd"].replace("train_flm", f"train_{name}")
+        assert "data/tokens" in stage["deps"] and not [d for d in stage["deps"] if d.startswith("models/")]
+    for stage in ("train_flm", "distill_fmlm", "train_ar", "train_mdlm"):
         for dep in all_stages[stage]["deps"]:
             assert dep.startswith(("data/", "models/")) or (REPO / dep).exists(), dep
 
@@ -50,7 +57,7 @@ def run(repo: Path, *args: str, env: dict[str, str]) -> str:
 
 
 def ran(output: str) -> set[str]:
-    names = ("corpus", "tokenizer", "pack", "train_flm", "distill_fmlm")
+    names = ("corpus", "tokenizer", "pack", "train_flm", "distill_fmlm", "train_ar", "train_mdlm")
     return {name for name in names if f"Running stage '{name}'" in output}
 
 
@@ -67,7 +74,8 @@ def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflo
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section] |= values
-    params["train"]["sample_n"] = params["distill"]["sample_n"] = 0
+    for section in ("train", "distill", "ar", "mdlm"):
+        params[section]["sample_n"] = 0
     params["cluster"]["workers"] = 0  # the flows run the stage in their own process (no Ray cluster)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1",
@@ -85,7 +93,7 @@ def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflo
     dvc = (sys.executable, "-m", "dvc")
     run(repo, *dvc, "commit", "-f", "corpus", "tokenizer", "pack", env=env)
 
-    assert ran(run(repo, *dvc, "repro", env=env)) == {"train_flm", "distill_fmlm"}
+    assert ran(run(repo, *dvc, "repro", env=env)) == {"train_flm", "distill_fmlm", "train_ar", "train_mdlm"}
     assert (repo / "models" / "fmlm" / "checkpoint.json").is_file()
     assert "up to date" in run(repo, *dvc, "status", env=env)
 
@@ -101,3 +109,4 @@ def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflo
     assert ran(run(repo, *dvc, "repro", "--dry", env=env)) == {"distill_fmlm"}
     metrics = run(repo, *dvc, "metrics", "show", env=env)
     assert "flm.val_nll" in metrics and "fmlm.val_loss" in metrics
+    assert "ar.val_nll" in metrics and "mdlm.val_masked_ce" in metrics

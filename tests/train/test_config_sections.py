@@ -51,3 +51,16 @@ def test_the_project_params_file_and_its_profiles() -> None:
         assert paper.train.beta2 == 0.999
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     assert set(raw) >= {"model", "train", "distill", "cluster"}
+
+
+def test_baseline_sections_match_the_flm_loop_in_every_profile() -> None:
+    for name in ("laptop", "lm1b", "owt"):
+        p = load_params(REPO / "params.yaml", name)
+        for section in (p.ar, p.mdlm):  # same data, same loop budget as FLM: a fair comparison
+            assert (section.steps, section.batch_size, section.lr, section.beta2) == (
+                p.train.steps, p.train.batch_size, p.train.lr, p.train.beta2)
+        assert p.mdlm.eps == 1e-3
+    with pytest.raises(ConfigError, match=r"mdlm\.epsilon"):
+        params_from_dict({"mdlm": {"epsilon": 0.1}})
+    with pytest.raises(ConfigError, match=r"profile 'owt'.*ar\.stpes"):
+        params_from_dict({"profiles": {"owt": {"ar": {"stpes": 1}}}})
