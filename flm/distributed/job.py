@@ -138,7 +138,7 @@ def run_stage(
     if spec.workers == 0 and spec.address is None:
         result = build_trainer(task, spec).fit()          # local mode: in this process, no Ray needed
     else:
-        with ray_session(spec.address, state_dir, num_cpus=cpus):
+        with ray_session(spec.address, state_dir, num_cpus=cpus, log_to_driver=True):  # workers' progress lines
             result = build_trainer(task, spec).fit()
     if result.error is not None:
         raise result.error

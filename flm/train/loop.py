@@ -21,7 +21,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -98,7 +98,7 @@ def train_loop(
     world_size: int = 1,
     device: str | torch.device = "cpu",
     decode: Callable[[list[int]], str] | None = None,
-    progress: bool = True,
+    progress: bool | Literal["lines"] = True,
     desc: str = "train",
 ) -> LoopResult:
     """Train ``objective`` for ``settings.steps`` optimizer steps, resuming from ``run_dir`` if it holds a checkpoint.
@@ -117,6 +117,9 @@ def train_loop(
         rank, world_size: this worker of a data-parallel run (``torch.distributed`` initialized
             by the caller when ``world_size > 1``).
         decode: token ids -> text for sample snapshots.
+        progress: a tqdm bar on rank 0 (``True``), none (``False``), or ``"lines"``: one printed line
+            per logging window (step, loss, it/s, time left), for output that is forwarded line by
+            line (Ray workers, CI logs).
 
     Returns:
         A :class:`LoopResult`; the final checkpoint is ``run_dir/ckpt-<steps>``.
@@ -175,7 +178,9 @@ def train_loop(
                 tracker.log_text("\n\n".join(texts), f"samples/step{done:08d}-nfe{nfe}.txt")
         objective.train()
 
-    bar = tqdm(total=s.steps, initial=result.step, desc=desc, disable=not progress or rank != 0, mininterval=2.0)
+    bar = tqdm(total=s.steps, initial=result.step, desc=desc, disable=progress is not True or rank != 0,
+               mininterval=2.0)
+    lines, first_step, loop_start = progress == "lines" and rank == 0, result.step, time.perf_counter()
     objective.train()
     for step in range(result.step, s.steps):
         # ---- one optimizer step: accumulate grad_accum micro-batches
@@ -207,6 +212,10 @@ def train_loop(
             tracker.log_metrics(record, step=done)
             result.history.append({"step": done, **record})
             bar.set_postfix(loss=f"{record['train/loss']:.3f}")
+            if lines:
+                rate = (done - first_step) / (time.perf_counter() - loop_start)
+                print(f"{desc}: step {done}/{s.steps}  loss {record['train/loss']:.4f}  lr {lr:.2e}  "
+                      f"{rate:.2f} it/s  {(s.steps - done) / rate:.0f} s left", flush=True)
             window, window_steps = {}, 0
 
         # ---- validation and samples, with the EMA weights (rank 0)

@@ -123,3 +123,15 @@ def test_ema_swap_restores_the_live_weights_bit_for_bit() -> None:
             assert torch.equal(p, q)
     for key, value in objective.backbone.state_dict().items():
         assert torch.equal(value, live[key])
+
+
+def test_progress_lines_one_per_logging_window(tiny_data: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train, _ = blocks(tiny_data)
+    settings = tiny_train(steps=6, batch_size=4, log_every=2, val_every=0, sample_n=0)
+    result = train_loop(tiny_flm(train.vocab_size), "backbone", settings, train, None, tmp_path / "run",
+                        progress="lines", desc="flm")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("flm: step")]
+    assert [line.split()[2] for line in lines] == ["2/6", "4/6", "6/6"]
+    losses = [float(line.split()[4]) for line in lines]
+    assert losses == pytest.approx([h["train/loss"] for h in result.history], abs=1e-4)
+    assert lines[-1].endswith(" 0 s left")
