@@ -25,6 +25,7 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,7 +120,7 @@ SMOLLM2_CACHE = "smollm2-135m-instruct-q4_1"
 JUDGE_KINDS = ("smollm2", "hf:NAME")
 
 
-def _hf_judge(name: str, model: torch.nn.Module, tokenizer, device: str, bos_id: int | None) -> Judge:
+def _hf_judge(name: str, model: torch.nn.Module, tokenizer: Any, device: str, bos_id: int | None) -> Judge:
     """A :class:`Judge` over a Hugging Face causal LM and its tokenizer (float32, eval mode, on ``device``)."""
     model = model.to(device=device, dtype=torch.float32).eval()
     if tokenizer.eos_token_id is None:
@@ -131,7 +132,7 @@ def _hf_judge(name: str, model: torch.nn.Module, tokenizer, device: str, bos_id:
     def encode(texts: list[str]) -> list[list[int]]:
         return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
-    n_ctx = int(model.config.max_position_embeddings)
+    n_ctx = int(getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length)
     return Judge(name, logits, encode, bos_id, int(tokenizer.eos_token_id), n_ctx, device)
 
 
