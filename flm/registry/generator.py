@@ -1,17 +1,18 @@
 """Text from a saved model: rebuild the EMA backbone, sample token ids (optionally after a prefix), decode.
 
-A checkpoint of :mod:`flm.train.checkpoint` carries its model config, so nothing else is needed:
-a one-time backbone (``n_times = 1``) is an FLM and samples with ``steps`` Euler steps of its
-denoiser (MATH.md §1); a two-time backbone is an FMLM flow map and samples with ``steps`` flow-map
-jumps (MATH.md §2; ``steps = 1`` is one forward pass), deterministic or re-noised. A prefix is
+A checkpoint of :mod:`flm.train.checkpoint` carries its model config and kind
+(:func:`flm.train.checkpoint.model_kind`), so nothing else is needed: an FLM samples with ``steps``
+Euler steps of its denoiser (MATH.md §1); an FMLM flow map with ``steps`` flow-map jumps (MATH.md
+§2; ``steps = 1`` is one forward pass), deterministic or re-noised; the AR baseline with one cached
+network call per position (``steps`` is ignored) and MDLM with ``steps`` ancestral steps (MATH.md §6). A prefix is
 clamped to its one-hot values during denoising (:class:`flm.flow.sampler.Clamp`), so the output
 starts with it exactly. Weights are read with safetensors, never unpickled.
 
 Sources: a checkpoint directory, or an MLflow model URI (``models:/NAME@ALIAS``, ``models:/NAME/3``,
 ``runs:/...``) whose artifacts :mod:`flm.registry.fetch` downloads (MLflow is imported only then).
 
-Each model kind is one sampling function in ``SAMPLERS``; :func:`model_kind` tells the kind of a
-backbone. Adding a kind is adding one function and one entry (plus ``PREFIX_KINDS`` if it can
+Each model kind is one sampling function in ``SAMPLERS``; :func:`model_kind` reads the kind of a
+checkpoint. Adding a kind is adding one function and one entry (plus ``PREFIX_KINDS`` if it can
 condition on a prefix).
 """
 
@@ -28,9 +29,14 @@ from torch import Tensor
 from flm.flow import TimeSchedule, flm_sample, flow_map_sample, uniform_grid
 from flm.flow.sampler import Clamp, prefix_clamp
 from flm.model import DiT
+from flm.objectives import ARObjective, MDLMObjective
 from flm.objectives.common import ProjectedSpace, at_least_float32
+from flm.train.checkpoint import load_backbone, model_kind, read_meta
 
-__all__ = ["PREFIX_KINDS", "RENOISE_G", "SAMPLERS", "SampleRequest", "TextGenerator", "is_model_uri", "model_kind"]
+__all__ = [
+    "EXTRA_IDS", "PREFIX_KINDS", "RENOISE_G", "SAMPLERS", "SampleRequest", "TextGenerator", "is_model_uri",
+    "model_kind",
+]
 
 RENOISE_G = 0.8
 """Re-noising strength ``g`` of ``renoise=True`` (MATH.md §2; the paper's LM1B evaluation)."""
@@ -85,6 +91,20 @@ def _sample_fmlm(backbone: DiT, request: SampleRequest, generator: torch.Generat
                            g=request.g, noise=space.noise_fn(shape, generator), clamp=_clamp(backbone, request))
 
 
+def _sample_ar(backbone: DiT, request: SampleRequest, generator: torch.Generator) -> Tensor:
+    """AR baseline: one KV-cached network call per position, float64 Gumbel-max (MATH.md §6); ``steps`` ignored."""
+    if request.g:
+        raise ValueError("renoise applies to FMLM flow maps only, not to an AR model")
+    return ARObjective(backbone).sample(request.n, request.length, request.steps, generator)
+
+
+def _sample_mdlm(backbone: DiT, request: SampleRequest, generator: torch.Generator) -> Tensor:
+    """MDLM baseline: ``steps`` ancestral steps from all-masked sequences (MATH.md §6)."""
+    if request.g:
+        raise ValueError("renoise applies to FMLM flow maps only, not to an MDLM")
+    return MDLMObjective(backbone).sample(request.n, request.length, request.steps, generator)
+
+
 def _clamp(backbone: DiT, request: SampleRequest) -> Clamp | None:
     """The prefix as a :class:`~flm.flow.sampler.Clamp` in the projected space: ``e(x) E = E[x]`` ``(n, L, d)``."""
     if request.prefix is None:
@@ -92,20 +112,12 @@ def _clamp(backbone: DiT, request: SampleRequest) -> Clamp | None:
     return prefix_clamp(request.prefix.to(backbone.embedding.device), request.n, request.length, backbone.embed_ids)
 
 
-SAMPLERS: dict[str, Sampler] = {"flm": _sample_flm, "fmlm": _sample_fmlm}
+SAMPLERS: dict[str, Sampler] = {"flm": _sample_flm, "fmlm": _sample_fmlm, "ar": _sample_ar, "mdlm": _sample_mdlm}
 """The one dispatch table: model kind -> sampling function."""
 PREFIX_KINDS: frozenset[str] = frozenset({"flm", "fmlm"})
 """Kinds whose sampler can clamp a prefix."""
-
-
-def model_kind(backbone: DiT) -> str:
-    """``"flm"`` for a one-time backbone (``n_times = 1``), ``"fmlm"`` for a two-time flow map."""
-    times = backbone.config.n_times
-    if times == 1:
-        return "flm"
-    if times == 2:
-        return "fmlm"
-    raise ValueError(f"no sampler for a backbone with n_times={times}; known kinds: {', '.join(SAMPLERS)}")
+EXTRA_IDS: dict[str, int] = {"ar": 1, "mdlm": 1}
+"""Backbone ids past the tokenizer's vocabulary, per kind (AR's start token, MDLM's mask; MATH.md §6)."""
 
 
 def is_model_uri(source: str | Path) -> bool:
@@ -114,7 +126,7 @@ def is_model_uri(source: str | Path) -> bool:
 
 
 class TextGenerator:
-    """Samples text from a saved FLM or FMLM.
+    """Samples text from a saved FLM, FMLM, AR or MDLM model.
 
     Args:
         checkpoint_dir: a checkpoint directory (``models/flm``, ``models/fmlm``, ``ckpt-<step>``).
@@ -124,8 +136,6 @@ class TextGenerator:
 
     def __init__(self, checkpoint_dir: str | Path, tokenizer_dir: str | Path | None = None,
                  device: str | torch.device = "cpu") -> None:
-        from flm.train.checkpoint import load_backbone, read_meta
-
         folder = Path(checkpoint_dir)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such checkpoint directory")
@@ -134,15 +144,17 @@ class TextGenerator:
         self.device = torch.device(device)
         self.meta = read_meta(folder)
         self.backbone = load_backbone(folder, ema=True, device=self.device)
-        self.kind = model_kind(self.backbone)
+        self.kind = model_kind(folder)
+        self.vocab_size = self.backbone.config.vocab_size - EXTRA_IDS.get(self.kind, 0)
+        """The tokenizer's ``V``: ids a sample (or a prefix) can hold."""
         self.decoder = None
         if tokenizer_dir is not None:
             from flm.data.tokenizer import load_tokenizer
 
             self.decoder = load_tokenizer(tokenizer_dir)
-            if self.decoder.vocab_size != self.backbone.config.vocab_size:
+            if self.decoder.vocab_size != self.vocab_size:
                 raise ValueError(f"{tokenizer_dir}: tokenizer has {self.decoder.vocab_size} tokens, the model "
-                                 f"{self.backbone.config.vocab_size}")
+                                 f"{self.vocab_size}")
 
     @classmethod
     def load(cls, source: str | Path, tokenizer: str | Path | None = None, device: str | torch.device = "cpu",
@@ -178,7 +190,7 @@ class TextGenerator:
             ids = torch.tensor(self.decoder.encode_batch([prefix])[0], dtype=torch.long)
         else:
             ids = torch.as_tensor(prefix, dtype=torch.long).flatten()
-        vocab = self.backbone.config.vocab_size
+        vocab = self.vocab_size
         if ids.numel() and not bool(((ids >= 0) & (ids < vocab)).all()):
             raise ValueError(f"prefix ids must lie in [0, {vocab}), got {ids.tolist()}")
         return ids

@@ -1,4 +1,4 @@
-"""The baseline flows train_ar / train_mdlm under Prefect's test harness: DVC outputs, MLflow runs."""
+"""The baseline flows train_ar / train_mdlm under Prefect's test harness: DVC outputs, MLflow runs, models."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ def baselines(prefect_harness: None, project: Path) -> dict[str, Any]:
     from pipelines.flows import FLOWS
 
     params = tiny_params(ar=TINY_LOOP, mdlm=TINY_LOOP)
-    return {name: FLOWS[f"train_{name}"](params=params, root=str(project), workers=0, register_model=False)
-            for name in ("ar", "mdlm")}
+    return {name: FLOWS[f"train_{name}"](params=params, root=str(project), workers=0) for name in ("ar", "mdlm")}
 
 
 @pytest.mark.parametrize("name", ["ar", "mdlm"])
@@ -28,7 +27,7 @@ def test_baseline_flows_write_their_outputs_and_runs(baselines: dict, project: P
                                                      name: str) -> None:
     result = baselines[name]
     checkpoint = project / "models" / name
-    assert result["checkpoint"] == str(checkpoint) and result["model_version"] is None
+    assert result["checkpoint"] == str(checkpoint) and result["model_version"] == "1"
     assert read_meta(checkpoint)["step"] == 8 and model_kind(checkpoint) == name
     metrics = json.loads((project / "metrics" / f"{name}.json").read_text())[name]
     assert metrics == pytest.approx(result["metrics"]) and metrics["val_loss"] > 0
@@ -37,3 +36,16 @@ def test_baseline_flows_write_their_outputs_and_runs(baselines: dict, project: P
     assert parent.data.params[f"{name}.steps"] == "8"
     history = mlflow_client.get_metric_history(result["ray_run_id"], "train/loss")
     assert [m.step for m in history] == [2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("name", ["ar", "mdlm"])
+def test_registered_baselines_generate_text(baselines: dict, project: Path, name: str) -> None:
+    import mlflow
+    import pandas as pd
+
+    from flm.tracking import default_tracking_uri
+
+    mlflow.set_tracking_uri(default_tracking_uri(project / ".state"))
+    model = mlflow.pyfunc.load_model(f"models:/{name}/1")
+    texts = list(model.predict(pd.DataFrame({"seed": [0, 1, 0]}), params={"steps": 4, "length": 12})["text"])
+    assert len(texts) == 3 and texts[0] == texts[2] and all(isinstance(t, str) and t for t in texts)
