@@ -48,11 +48,12 @@ class KVCache:
         """Write ``k, v`` ``(B, T, H, Dh)`` at positions ``[length, length + T)`` of ``layer``.
 
         Returns:
-            Keys and values of positions ``[0, length + T)``, each ``(B, length + T, H, Dh)``.
+            Keys and values of positions ``[0, length + T)``, each ``(B, length + T, H, Dh)``, in the
+            dtype of ``k`` and ``v`` (under autocast the buffers may be wider than the activations).
         """
         end = self.length + k.shape[1]
         if end > self.max_len:
             raise ValueError(f"KVCache holds {self.max_len} positions; {end} requested")
         self.keys[layer, :, self.length:end] = k
         self.values[layer, :, self.length:end] = v
-        return self.keys[layer, :, :end], self.values[layer, :, :end]
+        return self.keys[layer, :, :end].to(k.dtype), self.values[layer, :, :end].to(v.dtype)

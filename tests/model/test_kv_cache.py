@@ -60,3 +60,17 @@ def test_bottom_right_causal_mask_for_fewer_queries_than_keys() -> None:
     full = attention(q, k, v, causal=True, dropout=0.0, impl="sdpa")
     assert torch.allclose(attention(q[:, 2:], k, v, causal=True, dropout=0.0, impl="sdpa"), full[:, 2:], atol=1e-12)
     assert torch.allclose(attention(q[:, 5:], k, v, causal=True, dropout=0.0, impl="sdpa"), full[:, 5:], atol=1e-12)
+
+
+def test_cache_under_bf16_autocast_hands_back_the_activation_dtype() -> None:
+    model = _causal(dtype=torch.float32)
+    cache = model.new_cache(2, 5)
+    k = torch.randn(2, 3, 4, 8, dtype=torch.bfloat16)
+    keys, values = cache.extend(0, k, k)
+    assert keys.dtype == values.dtype == torch.bfloat16 and cache.keys.dtype == torch.float32
+    ids = torch.randint(0, 23, (2, 5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = model(model.embed_ids(ids)).float()
+        cache = model.new_cache(2, 5)
+        steps = torch.cat([model(model.embed_ids(ids[:, i:i + 1]), cache=cache).float() for i in range(5)], 1)
+    assert (steps - full).abs().max() < 0.05 * full.abs().max()
