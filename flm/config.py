@@ -3,8 +3,8 @@
 Every model forbids unknown keys, so a typo is an error, not a silent default. A section that is
 absent from the file takes its defaults. Sections: ``data`` (corpus, tokenizer, packing), ``model``
 (the DiT, shared by every trained model), ``train`` (FLM pretraining), ``distill`` (FMLM
-distillation), ``ar`` and ``mdlm`` (the baselines) and ``cluster`` (workers and devices; no DVC
-stage depends on it).
+distillation), ``ar`` and ``mdlm`` (the baselines), ``eval`` (the evaluate stage and the promotion
+rule) and ``cluster`` (workers and devices; no DVC stage depends on it).
 
 Profiles. The file's top level holds the laptop default; ``profiles`` maps a name to an *overlay*
 (a partial tree) and ``profile`` chooses one (``laptop`` is the base with no overlay). An overlay
@@ -321,6 +321,70 @@ class MDLMParams(LoopParams):
     """Training times ``t ∈ [eps, 1)`` (keeps the NELBO weight ``1/t`` finite)."""
 
 
+EvalModelName = Literal["flm", "fmlm", "mdlm", "ar"]
+JUDGE_KINDS = ("smollm2", "hf:NAME")
+
+
+class EvalParams(Frozen):
+    """``eval``: the evaluate stage (Gen PPL and entropy per model and NFE, MATH.md §4) and promotion.
+
+    FLM and MDLM are sampled at every NFE ``1, 2, 4, ..., max_nfe``; FMLM at each of ``fmlm_nfe``,
+    deterministic and re-noised with ``g = fmlm_renoise``; AR once (``L`` network calls).
+    """
+
+    judge: str = "smollm2"
+    """The judge LM: ``smollm2`` (offline, packaged) or ``hf:NAME`` (``hf:gpt2-large``, the paper's)."""
+    models: tuple[EvalModelName, ...] = Field(("flm", "fmlm", "mdlm", "ar"), min_length=1)
+    """Models evaluated, each read from ``models/<name>`` (a DVC dependency)."""
+    n_samples: int = Field(16, ge=2)
+    """Sequences sampled per (model, NFE, variant), and held-out blocks in the reference row."""
+    seed: int = 0
+    """Seed of the samples' noise, the reference blocks and the bootstrap."""
+    batch_size: int = Field(16, ge=1)
+    """Sequences sampled (and judged) per chunk."""
+    n_boot: int = Field(1000, ge=10)
+    """Bootstrap resamples of the Gen PPL confidence interval (95 %)."""
+    max_nfe: int = Field(64, ge=1)
+    """Largest NFE of FLM and MDLM (a power of two; the paper: 1024)."""
+    fmlm_nfe: tuple[int, ...] = Field((1, 2, 4, 8), min_length=1)
+    """FMLM's NFEs (flow-map jumps)."""
+    fmlm_renoise: float = Field(0.8, gt=0.0, le=1.0)
+    """Re-noising strength ``g`` of FMLM's re-noised variant (MATH.md §2)."""
+    n_show: int = Field(3, ge=0)
+    """Sample texts kept per row in the report."""
+    promote_nfe: int = Field(8, ge=1)
+    """The NFE whose Gen PPL decides promotion (AR: its only row); must be evaluated for every model."""
+    entropy_floor: float = Field(0.8, ge=0.0, le=1.0)
+    """A *fraction* of the held-out text's mean entropy: a version whose entropy at ``promote_nfe``
+    is below ``entropy_floor x reference entropy`` is never promoted (degenerate, repetitive text)."""
+
+    @field_validator("judge")
+    @classmethod
+    def _judge(cls, value: str) -> str:
+        if value != "smollm2" and not (value.startswith("hf:") and len(value) > 3):
+            raise ValueError(f"unknown judge {value!r}; known: {', '.join(JUDGE_KINDS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalParams:
+        if self.max_nfe & (self.max_nfe - 1):
+            raise ValueError(f"max_nfe={self.max_nfe} must be a power of two")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models {list(self.models)} has duplicates")
+        if min(self.fmlm_nfe) < 1:
+            raise ValueError(f"fmlm_nfe {list(self.fmlm_nfe)} must be positive")
+        grids = {"flm": self.nfe_grid, "mdlm": self.nfe_grid, "fmlm": self.fmlm_nfe}
+        missing = [name for name in self.models if name in grids and self.promote_nfe not in grids[name]]
+        if missing:
+            raise ValueError(f"promote_nfe={self.promote_nfe} is not evaluated for {', '.join(missing)}")
+        return self
+
+    @property
+    def nfe_grid(self) -> tuple[int, ...]:
+        """FLM's and MDLM's NFEs: ``1, 2, 4, ..., max_nfe``."""
+        return tuple(1 << k for k in range(self.max_nfe.bit_length()))
+
+
 class ClusterParams(Frozen):
     """``cluster``: where the stages run. No DVC stage lists it: resources never change results."""
 
@@ -343,6 +407,7 @@ class Params(Frozen):
     distill: DistillParams = DistillParams()
     ar: ARParams = ARParams()
     mdlm: MDLMParams = MDLMParams()
+    eval: EvalParams = EvalParams()
     cluster: ClusterParams = ClusterParams()
 
 

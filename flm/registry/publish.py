@@ -4,18 +4,28 @@ The logged model holds a *slim* copy of the checkpoint (``checkpoint.json`` + th
 ``ema.safetensors``: what sampling needs, no optimizer state), the tokenizer, the ``flm`` package
 as code, and :mod:`flm.registry.model_code` as the model: nothing is pickled. Requirements are
 given explicitly (MLflow's inference is slow and picks up unrelated packages).
+
+Each registered version is tagged ``ema_sha256`` with the SHA-256 of its ``ema.safetensors``: the
+evaluate stage finds the versions that hold the weights of ``models/<name>`` by that digest
+(:func:`versions_with_weights`) and records its Gen PPL on them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
-__all__ = ["RegisteredModel", "log_text_model", "model_requirements"]
+__all__ = [
+    "WEIGHTS_TAG", "RegisteredModel", "log_text_model", "model_requirements", "versions_with_weights", "weights_sha256",
+]
 
+WEIGHTS_TAG = "ema_sha256"
+"""Model-version tag: the SHA-256 of the version's ``ema.safetensors``."""
 REQUIREMENTS = ("torch", "numpy", "safetensors", "tokenizers", "pydantic", "pyyaml", "pandas", "mlflow")
 
 
@@ -34,6 +44,25 @@ def model_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in REQUIREMENTS]
 
 
+def weights_sha256(checkpoint_dir: str | Path) -> str:
+    """SHA-256 (hex) of ``checkpoint_dir/ema.safetensors``: what identifies a model's weights."""
+    digest = hashlib.sha256()
+    with (Path(checkpoint_dir) / "ema.safetensors").open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def versions_with_weights(client: Any, name: str, checkpoint_dir: str | Path) -> list[str]:
+    """Versions of registered model ``name`` whose ``ema_sha256`` tag matches ``checkpoint_dir``'s weights.
+
+    Oldest first; empty when the model is not registered or no version holds these weights.
+    """
+    digest = weights_sha256(checkpoint_dir)
+    versions = client.search_model_versions(f"name = '{name}'")
+    return sorted((str(v.version) for v in versions if v.tags.get(WEIGHTS_TAG) == digest), key=int)
+
+
 def _slim_checkpoint(checkpoint_dir: Path, dest: Path) -> Path:
     """``checkpoint.json`` + ``ema.safetensors`` of a checkpoint, copied into ``dest``."""
     dest.mkdir(parents=True)
@@ -48,7 +77,8 @@ def log_text_model(
 ) -> RegisteredModel:
     """Log ``checkpoint_dir`` into run ``run_id`` as the model ``model`` and register it as ``registered_name``.
 
-    The run is re-entered, not ended: its status is left as it was.
+    The run is re-entered, not ended: its status is left as it was. The new version is tagged
+    :data:`WEIGHTS_TAG` with the digest of its weights.
     """
     import mlflow
 
@@ -76,4 +106,5 @@ def log_text_model(
     if status == "RUNNING":
         client.update_run(run_id, status="RUNNING")  # start_run's exit marked it finished; the caller ends it
     registered = str(info.registered_model_version)
+    client.set_model_version_tag(registered_name, registered, WEIGHTS_TAG, weights_sha256(checkpoint_dir))
     return RegisteredModel(registered_name, registered, f"models:/{registered_name}/{registered}", run_id)

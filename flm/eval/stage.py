@@ -1,0 +1,151 @@
+"""The evaluate stage's library body: saved models -> entries -> rows -> report (MATH.md §4).
+
+:func:`evaluate_models` loads each model of ``eval.models`` from its checkpoint directory
+(:class:`flm.registry.generator.TextGenerator`; the directory's ``model_kind`` must match the name),
+builds its :class:`~flm.eval.evaluate.Entry` list (:func:`model_entries`):
+
+* ``flm``: the Euler sampler at NFE ``1, 2, 4, ..., max_nfe`` (variant ``euler``);
+* ``fmlm``: the flow map at each of ``fmlm_nfe``, deterministic (``flow_map``) and re-noised
+  (``flow_map renoise=g``);
+* ``mdlm``: the ancestral sampler at NFE ``1, 2, 4, ..., max_nfe`` (``ancestral``);
+* ``ar``: one row, NFE ``L`` (one cached network call per position; ``autoregressive``);
+
+samples ``L`` tokens per sequence (``L`` of ``data/tokens``), judges them, adds the reference row
+of ``n_samples`` held-out validation blocks, and writes the report (:func:`flm.eval.report.write_report`).
+
+**Decoding.** Samples and held-out blocks are packed streams: a document separator (the data
+tokenizer's EOS, and its BOS when distinct) may appear anywhere. :func:`separator_decoder` decodes
+the ids *before the first separator* and the judge appends its own EOS (MATH.md §4: every non-EOS
+token plus the first EOS), so a data separator is exactly the judge's end-of-text boundary; the
+text after it is not scored. Samples and the reference are decoded alike, and the report shows
+exactly the scored texts.
+
+:func:`version_tags` turns one model's row at ``promote_nfe`` (and the reference row) into the
+model-version tags that :func:`flm.registry.promote.promote` reads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flm.config import EvalParams
+from flm.data.blocks import TokenBlocks
+from flm.eval.evaluate import Entry, EvalSettings, evaluate, reference_row
+from flm.eval.judge import Judge
+from flm.eval.report import write_report
+from flm.registry import promote as tags
+
+__all__ = ["EvalResult", "evaluate_models", "metric_key", "model_entries", "separator_decoder", "version_tags"]
+
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The rows (one per model, NFE and variant), the held-out reference row and the report files."""
+
+    rows: list[dict[str, Any]]
+    reference: dict[str, Any]
+    files: dict[str, Path]
+
+
+def separator_decoder(tokenizer_dir: str | Path) -> Callable[[list[int]], str]:
+    """``decode(ids)``: the text of ``ids`` up to (not including) the first document separator."""
+    from flm.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    separators = {tokenizer.info.eos_id} | ({tokenizer.info.bos_id} - {None})
+
+    def decode(ids: list[int]) -> str:
+        cut = next((i for i, token in enumerate(ids) if token in separators), len(ids))
+        return tokenizer.decode(ids[:cut])
+
+    return decode
+
+
+def model_entries(name: str, generator: Any, params: EvalParams, length: int) -> list[Entry]:
+    """The entries of model ``name`` sampled by ``generator`` (``sample_ids(n, steps, length, seed, renoise)``)."""
+
+    def sampler(renoise: float = 0.0) -> Callable[[int, int, int], list[list[int]]]:
+        def sample(n: int, steps: int, seed: int) -> list[list[int]]:
+            return generator.sample_ids(n, steps, length, seed, renoise=renoise).tolist()
+
+        return sample
+
+    if name == "flm":
+        return [Entry(name, "euler", nfe, sampler()) for nfe in params.nfe_grid]
+    if name == "mdlm":
+        return [Entry(name, "ancestral", nfe, sampler()) for nfe in params.nfe_grid]
+    if name == "ar":
+        return [Entry(name, "autoregressive", length, sampler())]
+    if name == "fmlm":
+        g = params.fmlm_renoise
+        return [entry for nfe in params.fmlm_nfe for entry in (
+            Entry(name, "flow_map", nfe, sampler()),
+            Entry(name, "flow_map", nfe, sampler(g), {"renoise": g}),
+        )]
+    raise ValueError(f"unknown model {name!r}; known: flm, fmlm, mdlm, ar")
+
+
+def evaluate_models(
+    params: EvalParams, model_dirs: Mapping[str, str | Path], tokens_dir: str | Path, tokenizer_dir: str | Path,
+    out_dir: str | Path, judge: Judge, device: str = "cpu", progress: bool = False,
+) -> EvalResult:
+    """Evaluate every model of ``params.models`` (read from ``model_dirs[name]``) and write the report.
+
+    Raises:
+        FileNotFoundError: a model directory is missing (the message names it).
+        ValueError: a directory holds another kind of model, or its vocabulary is not the tokenizer's.
+    """
+    from flm.registry.generator import TextGenerator
+
+    blocks = TokenBlocks(tokens_dir, "val")
+    decode = separator_decoder(tokenizer_dir)
+    settings = EvalSettings(params.n_samples, params.seed, params.batch_size, params.n_boot, n_show=params.n_show,
+                            progress=progress)
+    entries: list[Entry] = []
+    for name in params.models:
+        folder = Path(model_dirs[name])
+        generator = TextGenerator(folder, device=device)
+        if generator.kind != name:
+            raise ValueError(f"{folder}: holds a {generator.kind!r} model, expected {name!r}")
+        if generator.vocab_size != blocks.vocab_size:
+            raise ValueError(f"{folder}: the model has V = {generator.vocab_size}, {tokens_dir} has "
+                             f"V = {blocks.vocab_size}")
+        entries += model_entries(name, generator, params, blocks.seq_len)
+    reference = reference_row(blocks, decode, judge, settings)
+    rows = evaluate(entries, decode, judge, settings)
+    title = f"Generative perplexity (judge {judge.name}, {params.n_samples} samples, seed {params.seed})"
+    files = write_report(rows, out_dir, reference, title=title)
+    return EvalResult(rows, reference, files)
+
+
+def metric_key(metric: str, row: Row) -> str:
+    """MLflow metric name of one row: ``gen_ppl/flm/nfe_8``, ``entropy/fmlm_renoise/nfe_4``, ``gen_ppl/data``."""
+    curve = "_".join([row["model"], *sorted(row["options"])])
+    if row["model"] == "data":
+        return f"{metric}/data"
+    return f"{metric}/{re.sub(r'[^A-Za-z0-9_.-]', '_', curve)}/nfe_{row['nfe']}"
+
+
+def version_tags(name: str, rows: Sequence[Row], reference: Row, params: EvalParams, judge: str) -> dict[str, str]:
+    """Model-version tags of ``name``'s evaluation: its default variant at ``promote_nfe`` (AR: its one row).
+
+    Keys are those :func:`flm.registry.promote.promote` reads (``eval.gen_ppl``, ``eval.entropy``,
+    ``eval.reference_entropy``, ...).
+    """
+    own = [r for r in rows if r["model"] == name and not r["options"]]
+    row = own[0] if name == "ar" else next((r for r in own if r["nfe"] == params.promote_nfe), None)
+    if row is None:
+        raise ValueError(f"no {name} row at promote_nfe={params.promote_nfe}")
+    values = {
+        tags.GEN_PPL: row["gen_ppl"], tags.ENTROPY: row["entropy"], tags.REFERENCE_ENTROPY: reference["entropy"],
+        "eval.ci_low": row["ci_low"], "eval.ci_high": row["ci_high"], "eval.reference_gen_ppl": reference["gen_ppl"],
+        "eval.nfe": row["nfe"], "eval.n_samples": row["n_samples"], "eval.seed": params.seed,
+    }
+    protocol = {tags.JUDGE: judge, tags.PROMOTE_NFE: str(params.promote_nfe), tags.VARIANT: row["variant"]}
+    return {key: repr(float(v)) if isinstance(v, float) else str(v) for key, v in values.items()} | protocol
