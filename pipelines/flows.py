@@ -1,4 +1,4 @@
-"""Prefect flows, one per training stage (``train_flm``, ``distill_fmlm``, ``train_ar``, ``train_mdlm``), ``promote``.
+"""Prefect flows, one per DVC stage (``train_*``, ``distill_fmlm``, ``evaluate``), and ``promote``.
 
 Each training flow is thin:
 
@@ -12,6 +12,10 @@ Each training flow is thin:
    checkpoint) and the metrics JSON (``metrics/<name>.json``), ``<name>`` one of ``flm``, ``fmlm``,
    ``ar``, ``mdlm`` (:data:`MODEL_NAMES`);
 5. log the metrics and the model (a text-generating pyfunc, registered as ``<name>``).
+
+``evaluate`` (:mod:`pipelines.evaluate_stage`) samples every model at every NFE, judges the texts
+and writes ``reports/eval/`` and ``metrics/eval.json``; it tags the registered versions holding the
+evaluated weights with their Gen PPL and entropy, which ``promote`` decides on (MATH.md §4).
 
 Command line (the DVC stages call this): ``python -m pipelines.run train_flm [--workers N]``
 (:mod:`pipelines.run` makes the process hermetic *before* Prefect and MLflow are imported).
@@ -30,8 +34,8 @@ from prefect import flow, get_run_logger
 from flm.config import Params, load_params
 
 __all__ = [
-    "FLOWS", "MODEL_NAMES", "distill_fmlm", "promote", "resolve_params", "run_training", "train_ar", "train_flm",
-    "train_mdlm",
+    "FLOWS", "MODEL_NAMES", "distill_fmlm", "evaluate", "promote", "resolve_params", "run_training", "train_ar",
+    "train_flm", "train_mdlm",
 ]
 
 MODEL_NAMES = {"train_flm": "flm", "distill_fmlm": "fmlm", "train_ar": "ar", "train_mdlm": "mdlm"}
@@ -188,10 +192,36 @@ def train_mdlm(
     return run_training("train_mdlm", p, root, workers, max_failures, ray_address, register_model)
 
 
+@flow(name="evaluate")
+def evaluate(
+    params: Params | None = None, params_file: str = "params.yaml", profile: str | None = None, root: str = ".",
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Gen PPL and entropy of every model at every NFE: ``models/*`` -> ``reports/eval/``, ``metrics/eval.json``.
+
+    Args:
+        params: the parameter tree (default: ``params_file`` with ``profile``); reads ``eval``.
+        root: the project directory (``data/``, ``models/``, ``reports/``, ``metrics/``, ``.state/``).
+        device: where models and judge run (default: CUDA if available, else CPU).
+    """
+    from pipelines.evaluate_stage import run_evaluate
+
+    p = resolve_params(params, str(Path(root) / params_file), profile)
+    return run_evaluate(p, root, device, log=_log)
+
+
 @flow(name="promote")
-def promote(model: str = "flm", version: int | None = None, metric: str = "val_loss", lower_is_better: bool = True,
-            root: str = ".") -> dict[str, Any]:
-    """Move ``@champion`` of registered model ``model`` to ``version`` (default newest) only if it is better."""
+def promote(
+    model: str = "flm", version: int | None = None, metric: str = "gen_ppl", lower_is_better: bool = True,
+    root: str = ".", params: Params | None = None, params_file: str = "params.yaml", profile: str | None = None,
+) -> dict[str, Any]:
+    """Move ``@champion`` of registered model ``model`` to ``version`` (default newest) only if it is better.
+
+    ``metric="gen_ppl"`` (default): the evaluate stage's Gen PPL at ``eval.promote_nfe`` (from
+    ``params``, else ``params_file`` + ``profile``), refusing a version never evaluated or whose
+    entropy is below ``eval.entropy_floor`` x the held-out entropy (:mod:`flm.registry.promote`);
+    ``metric="val_loss"``: the training run's loss (``lower_is_better``), no params read.
+    """
     from flm.environment import hermetic
 
     state = hermetic(Path(root).resolve() / ".state")
@@ -200,11 +230,15 @@ def promote(model: str = "flm", version: int | None = None, metric: str = "val_l
     from flm.registry.promote import promote as decide
     from flm.tracking import default_tracking_uri
 
-    decision = decide(MlflowClient(default_tracking_uri(state)), model, version, metric, lower_is_better)
+    rule: dict[str, Any] = {}
+    if metric == "gen_ppl":
+        spec = resolve_params(params, str(Path(root) / params_file), profile).eval
+        rule = {"nfe": spec.promote_nfe, "entropy_floor": spec.entropy_floor}
+    decision = decide(MlflowClient(default_tracking_uri(state)), model, version, metric, lower_is_better, **rule)
     _log(f"promote {model} v{decision.candidate}: {'promoted' if decision.promoted else 'refused'} ({decision.reason})")
     return {"promoted": decision.promoted, "version": decision.candidate, "reason": decision.reason,
             "champion_before": decision.champion_before}
 
 
 FLOWS = {"train_flm": train_flm, "distill_fmlm": distill_fmlm, "train_ar": train_ar, "train_mdlm": train_mdlm,
-         "promote": promote}
+         "evaluate": evaluate, "promote": promote}

@@ -1,4 +1,4 @@
-"""``python -m pipelines.run {train_flm,distill_fmlm,train_ar,train_mdlm,promote} ...``: run one flow.
+"""``python -m pipelines.run {train_flm,distill_fmlm,train_ar,train_mdlm,evaluate,promote} ...``: run one flow.
 
 This module imports nothing heavy at the top: it makes the process hermetic (telemetry off,
 ``PREFECT_HOME`` and the other tool state under ``<root>/.state``) *before* Prefect and MLflow are
@@ -21,7 +21,7 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.splitlines()[0])
-    parser.add_argument("flow", choices=["train_flm", "distill_fmlm", "train_ar", "train_mdlm", "promote"])
+    parser.add_argument("flow", choices=["train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate", "promote"])
     parser.add_argument("--params", default="params.yaml", help="parameter file, relative to --root")
     parser.add_argument("--profile", default=None)
     parser.add_argument("--root", default=".", help="project directory (data/, models/, metrics/, .state/)")
@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-register", action="store_true", help="do not log/register the MLflow model")
     parser.add_argument("--model", default="flm", help="promote: registered model name")
     parser.add_argument("--version", type=int, default=None, help="promote: candidate version (default newest)")
+    parser.add_argument("--metric", default="gen_ppl", help="promote: gen_ppl (evaluation tags) or val_loss")
+    parser.add_argument("--device", default=None, help="evaluate: cpu | cuda (default: cuda if available)")
     return parser
 
 
@@ -47,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.flow == "promote":
-            result = FLOWS["promote"](model=args.model, version=args.version, root=args.root)
+            result = FLOWS["promote"](model=args.model, version=args.version, metric=args.metric, root=args.root,
+                                      params_file=args.params, profile=args.profile)
+        elif args.flow == "evaluate":
+            params = load_params(Path(args.root) / args.params, profile=args.profile)
+            result = FLOWS["evaluate"](params=params, root=args.root, device=args.device)
         else:
             params = load_params(Path(args.root) / args.params, profile=args.profile)
             result = FLOWS[args.flow](params=params, root=args.root, workers=args.workers,

@@ -3,7 +3,7 @@
 ``python -m pipelines.serve`` (``make ui``) starts ``prefect server start --host 127.0.0.1
 --analytics-off`` with ``PREFECT_HOME`` under ``.state/prefect``, waits for ``/api/health``, then
 serves the deployments ``train_flm/local``, ``distill_fmlm/local``, ``train_ar/local``,
-``train_mdlm/local`` and ``promote/local`` in this process until interrupted (the server is
+``train_mdlm/local``, ``evaluate/local`` and ``promote/local`` in this process until interrupted (the server is
 stopped with it). Open http://127.0.0.1:4200, pick a deployment, "Run" with custom parameters; or
 from a shell::
 
@@ -58,13 +58,14 @@ def start_server(port: int, state: Path, log_file: Path) -> subprocess.Popen:
 
 def deployments(root: str) -> list[Any]:
     """A deployment ``<flow>/local`` of every flow, with ``root`` as its default project directory."""
-    from pipelines.flows import distill_fmlm, promote, train_ar, train_flm, train_mdlm
+    from pipelines.flows import distill_fmlm, evaluate, promote, train_ar, train_flm, train_mdlm
 
     return [
         train_flm.to_deployment(name="local", parameters={"root": root}, tags=["flm", "train"]),
         distill_fmlm.to_deployment(name="local", parameters={"root": root}, tags=["flm", "distill"]),
         train_ar.to_deployment(name="local", parameters={"root": root}, tags=["flm", "train", "baseline"]),
         train_mdlm.to_deployment(name="local", parameters={"root": root}, tags=["flm", "train", "baseline"]),
+        evaluate.to_deployment(name="local", parameters={"root": root}, tags=["flm", "eval"]),
         promote.to_deployment(name="local", parameters={"root": root}, tags=["flm", "registry"]),
     ]
 

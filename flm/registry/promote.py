@@ -1,8 +1,19 @@
 """Move a registered model's ``champion`` alias to a candidate only when it is better.
 
-The primary metric (validation loss for now, lower is better) is read from the run that logged
-each version. The decision and its reason are recorded on the candidate version, either way, as
-tags (``promotion``: ``promoted`` | ``refused``; ``promotion_reason``) and in its description.
+Two rules (``metric``):
+
+* ``gen_ppl`` (default; MATH.md §4): the evaluate stage's Gen PPL at the stated NFE, read from the
+  version's tags (``eval.gen_ppl``, ``eval.entropy``, ``eval.reference_entropy``, written by the
+  evaluate flow on the versions holding the evaluated weights). Lower is better. A candidate is
+  refused when it was never evaluated, when it was evaluated at another NFE than ``nfe``, or when
+  its mean sample entropy is below ``entropy_floor`` x the held-out text's entropy (degenerate,
+  repetitive text can have a low Gen PPL). A champion evaluated under another protocol (judge, NFE,
+  variant), or not at all, cannot be compared: a candidate that passes the floor then replaces it.
+* ``val_loss`` (or any other run metric): the metric of the run that logged each version; lower
+  (``lower_is_better``) or higher is better; no floor.
+
+The decision and its reason are recorded on the candidate version, either way, as tags
+(``promotion``: ``promoted`` | ``refused``; ``promotion_reason``) and in its description.
 """
 
 from __future__ import annotations
@@ -10,9 +21,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ALIAS", "Decision", "promote"]
+__all__ = [
+    "ALIAS", "ENTROPY", "GEN_PPL", "JUDGE", "PROMOTE_NFE", "REFERENCE_ENTROPY", "VARIANT", "Decision", "promote",
+]
 
 ALIAS = "champion"
+GEN_PPL = "eval.gen_ppl"
+"""Version tag: Gen PPL at the promotion NFE."""
+ENTROPY = "eval.entropy"
+"""Version tag: mean sample entropy (nats) at the promotion NFE."""
+REFERENCE_ENTROPY = "eval.reference_entropy"
+"""Version tag: mean entropy of held-out text in the same evaluation."""
+JUDGE, PROMOTE_NFE, VARIANT = "eval.judge", "eval.promote_nfe", "eval.variant"
+"""Version tags that make two evaluations comparable: the judge, the stated NFE, the sampler variant."""
+PROTOCOL = (JUDGE, PROMOTE_NFE, VARIANT)
 
 
 @dataclass(frozen=True)
@@ -28,10 +50,37 @@ class Decision:
     champion_value: float | None
 
 
-def _metric(client: Any, name: str, version: str, metric: str) -> float | None:
+@dataclass(frozen=True)
+class _Score:
+    """What one version brings to the comparison: its value, and why it cannot compete (or ``None``)."""
+
+    value: float | None
+    problem: str | None
+    protocol: tuple[str | None, ...] = ()
+
+
+def _run_metric(client: Any, name: str, version: str, metric: str) -> _Score:
     run_id = client.get_model_version(name, version).run_id
     value = client.get_run(run_id).data.metrics.get(metric) if run_id else None
-    return None if value is None else float(value)
+    if value is None:
+        return _Score(None, f"version {version} has no {metric} metric")
+    return _Score(float(value), None)
+
+
+def _eval_score(client: Any, name: str, version: str, nfe: int | None, entropy_floor: float) -> _Score:
+    """Gen PPL from the version's evaluation tags, with the NFE and entropy-floor checks."""
+    found = client.get_model_version(name, version).tags
+    protocol = tuple(found.get(key) for key in PROTOCOL)
+    if GEN_PPL not in found:
+        return _Score(None, f"version {version} has not been evaluated (no {GEN_PPL} tag; run the evaluate stage)")
+    value, entropy, reference = (float(found[key]) for key in (GEN_PPL, ENTROPY, REFERENCE_ENTROPY))
+    if nfe is not None and found.get(PROMOTE_NFE) != str(nfe):
+        return _Score(value, f"version {version} was evaluated at NFE {found.get(PROMOTE_NFE)}, not {nfe}", protocol)
+    floor = entropy_floor * reference
+    if entropy < floor:
+        return _Score(value, f"version {version}: entropy {entropy:.3f} nats is below the floor {floor:.3f} "
+                             f"({entropy_floor:g} x held-out {reference:.3f}); degenerate samples", protocol)
+    return _Score(value, None, protocol)
 
 
 def _champion(client: Any, name: str, alias: str) -> str | None:
@@ -44,12 +93,17 @@ def _champion(client: Any, name: str, alias: str) -> str | None:
 
 
 def promote(
-    client: Any, name: str, version: str | int | None = None, metric: str = "val_loss", lower_is_better: bool = True,
-    alias: str = ALIAS,
+    client: Any, name: str, version: str | int | None = None, metric: str = "gen_ppl", lower_is_better: bool = True,
+    alias: str = ALIAS, nfe: int | None = None, entropy_floor: float = 0.0,
 ) -> Decision:
     """Give ``alias`` to version ``version`` (default: the newest) of ``name`` if it beats the holder.
 
-    A candidate without the metric is refused; with no current champion the candidate is promoted;
+    Args:
+        metric: ``gen_ppl`` (the evaluation tags; always lower is better) or a run metric (``val_loss``).
+        nfe: ``gen_ppl`` only: the NFE the candidate must have been evaluated at (``None``: any).
+        entropy_floor: ``gen_ppl`` only: the fraction of the held-out entropy a candidate must reach.
+
+    With no current champion (or one that cannot be compared) an eligible candidate is promoted;
     otherwise it must be strictly better.
     """
     if version is None:
@@ -59,27 +113,38 @@ def promote(
         version = max(int(v.version) for v in versions)
     candidate = str(version)
     holder = _champion(client, name, alias)
-    value = _metric(client, name, candidate, metric)
-    best = _metric(client, name, holder, metric) if holder is not None else None
+    if metric == "gen_ppl":
+        lower_is_better = True
+        score = _eval_score(client, name, candidate, nfe, entropy_floor)
+        best = _eval_score(client, name, holder, None, 0.0) if holder is not None else None
+        if best is not None and best.problem is None and best.protocol != score.protocol:
+            theirs, ours = (dict(zip(PROTOCOL, s.protocol, strict=True)) for s in (best, score))
+            best = _Score(best.value, f"evaluated under {theirs}, the candidate under {ours}")
+    else:
+        score = _run_metric(client, name, candidate, metric)
+        best = _run_metric(client, name, holder, metric) if holder is not None else None
+    value = score.value
     direction = "lower" if lower_is_better else "higher"
-    if value is None:
-        promoted, reason = False, f"version {candidate} has no {metric} metric"
+    if score.problem is not None:
+        promoted, reason = False, score.problem
     elif holder == candidate:
         promoted, reason = False, f"version {candidate} already holds @{alias} ({metric} = {value:.6g})"
-    elif holder is None:
-        promoted, reason = True, f"no @{alias} yet; {metric} = {value:.6g}"
     elif best is None:
-        promoted, reason = True, f"@{alias} version {holder} has no {metric}; candidate {metric} = {value:.6g}"
-    elif value < best if lower_is_better else value > best:
+        promoted, reason = True, f"no @{alias} yet; {metric} = {value:.6g}"
+    elif best.problem is not None:
+        promoted, reason = True, f"@{alias} version {holder} cannot be compared ({best.problem}); " \
+                                 f"candidate {metric} = {value:.6g}"
+    elif value < best.value if lower_is_better else value > best.value:
         promoted = True
-        reason = f"{metric} {value:.6g} beats @{alias} version {holder} ({best:.6g}; {direction} is better)"
+        reason = f"{metric} {value:.6g} beats @{alias} version {holder} ({best.value:.6g}; {direction} is better)"
     else:
         promoted = False
-        reason = f"{metric} {value:.6g} does not beat @{alias} version {holder} ({best:.6g}; {direction} is better)"
+        reason = (f"{metric} {value:.6g} does not beat @{alias} version {holder} ({best.value:.6g}; "
+                  f"{direction} is better)")
     if promoted:
         client.set_registered_model_alias(name, alias, candidate)
     client.set_model_version_tag(name, candidate, "promotion", "promoted" if promoted else "refused")
     client.set_model_version_tag(name, candidate, "promotion_reason", reason)
     verdict = "Promoted to" if promoted else "Refused"
     client.update_model_version(name, candidate, description=f"{verdict} @{alias}: {reason}")
-    return Decision(name, candidate, promoted, reason, holder, value, best)
+    return Decision(name, candidate, promoted, reason, holder, value, best.value if best is not None else None)

@@ -1,0 +1,96 @@
+"""The evaluate stage's body (the Prefect flow ``evaluate`` calls :func:`run_evaluate`).
+
+Reads ``models/<name>`` for each of ``eval.models``, ``data/tokens`` (the held-out ``val`` split)
+and ``data/tokenizer``; writes the DVC outputs ``reports/eval/`` (``report.md``, the PNG plots, the
+CSVs of the DVC plots, ``rows.json``, ``metrics.json``) and ``metrics/eval.json`` (DVC metrics). The
+work itself is :func:`flm.eval.stage.evaluate_models`; this module only wires MLflow around it:
+
+* an MLflow run ``evaluate`` tagged with the lineage (git commit, DVC hashes of the inputs, the
+  Prefect flow-run id), the ``eval`` params, a metric per row (``gen_ppl/flm/nfe_8``,
+  ``entropy/...``, ``ci_low/...``, ``ci_high/...``, ``sec_per_seq/...``; the reference row as
+  ``gen_ppl/data``, ``entropy/data``) and the report directory as artifacts (``eval/``);
+* on every registered version of ``<name>`` whose ``ema_sha256`` tag matches
+  ``models/<name>/ema.safetensors`` (:func:`flm.registry.publish.versions_with_weights`), the tags
+  of :func:`flm.eval.stage.version_tags` (Gen PPL and entropy at ``promote_nfe``, the reference
+  entropy, the judge) plus ``eval.run_id``: what the promote flow decides on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flm.config import Params
+
+__all__ = ["run_evaluate"]
+
+ROW_METRICS = {"gen_ppl": "gen_ppl", "ci_low": "ci_low", "ci_high": "ci_high", "entropy": "entropy",
+               "sec_per_seq": "seconds_per_sequence"}
+"""MLflow metric prefix -> row field."""
+
+
+def _row_metrics(rows: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str, float]:
+    from flm.eval.stage import metric_key
+
+    out = {metric_key(prefix, row): float(row[field]) for row in rows for prefix, field in ROW_METRICS.items()}
+    out |= {metric_key(prefix, reference): float(reference[prefix]) for prefix in ("gen_ppl", "entropy")}
+    return out
+
+
+def run_evaluate(params: Params, root: str | Path = ".", device: str | None = None,
+                 log: Any = print) -> dict[str, Any]:
+    """Run the evaluate stage in project ``root`` (module docstring); ``device`` default: CUDA if available.
+
+    Returns:
+        ``run_id``, ``metrics`` (``metrics/eval.json``'s content), ``report`` (the directory),
+        ``versions`` (``{model: [tagged versions]}``).
+    """
+    import torch
+    from mlflow import MlflowClient
+
+    from flm.data.atomic import write_json_atomic
+    from flm.environment import hermetic
+    from flm.eval.judge import load_judge
+    from flm.eval.stage import evaluate_models, version_tags
+    from flm.registry.publish import versions_with_weights
+    from flm.tracking import default_tracking_uri, make_tracker
+    from pipelines.lineage import lineage_tags
+
+    root = Path(root).resolve()
+    state = hermetic(root / ".state")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    spec = params.eval
+    uri = default_tracking_uri(state)
+    tags = lineage_tags(root, "evaluate") | {"stage": "evaluate", "profile": params.profile, "judge": spec.judge}
+    run = make_tracker("flm", run_name="evaluate", state_dir=state, tracking_uri=uri, tags=tags)
+    try:
+        run.log_params({"eval": spec.model_dump(mode="json")})
+        log(f"evaluate: judge {spec.judge} on {device}, models {', '.join(spec.models)}, MLflow run {run.run_id}")
+        judge = load_judge(spec.judge, state, device)
+        model_dirs = {name: root / "models" / name for name in spec.models}
+        result = evaluate_models(spec, model_dirs, root / "data" / "tokens", root / "data" / "tokenizer",
+                                 root / "reports" / "eval", judge, device)
+        metrics_file = root / "metrics" / "eval.json"
+        metrics = {"eval": json.loads(result.files["metrics.json"].read_text(encoding="utf-8"))}
+        write_json_atomic(metrics_file, metrics)
+        run.log_metrics(_row_metrics(result.rows, result.reference), step=0)
+        run.log_artifacts(root / "reports" / "eval", "eval")
+        run.log_artifact(metrics_file)
+        client = MlflowClient(uri)
+        tagged: dict[str, list[str]] = {}
+        for name in spec.models:
+            values = version_tags(name, result.rows, result.reference, spec, judge.name) | {"eval.run_id": run.run_id}
+            tagged[name] = versions_with_weights(client, name, model_dirs[name])
+            for version in tagged[name]:
+                for key, value in values.items():
+                    client.set_model_version_tag(name, version, key, value)
+            found = ", ".join(f"v{v}" for v in tagged[name]) or "none (not registered with these weights)"
+            log(f"evaluate: {name} Gen PPL {float(values['eval.gen_ppl']):.2f} at NFE {spec.promote_nfe}; "
+                f"tagged versions: {found}")
+    except BaseException:
+        run.close("FAILED")
+        raise
+    run.close("FINISHED")
+    return {"run_id": run.run_id, "metrics": metrics, "report": str(root / "reports" / "eval"), "versions": tagged}
+

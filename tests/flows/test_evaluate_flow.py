@@ -1,0 +1,75 @@
+"""The evaluate flow under Prefect's test harness: DVC outputs, the MLflow run, tags on the evaluated versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flm.eval.judge import SMOLLM2_CACHE
+from flm.registry import promote as tags
+from flm.registry.publish import WEIGHTS_TAG, weights_sha256
+from tests.conftest import LoadedJudge, one_thread
+
+from .conftest import TOKENS_MD5, tiny_params
+
+EVAL = {"models": ["flm", "fmlm"], "n_samples": 2, "batch_size": 2, "n_boot": 20, "max_nfe": 2, "fmlm_nfe": [1, 2],
+        "promote_nfe": 2, "n_show": 1}
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained: dict, project: Path, smollm2: LoadedJudge) -> dict[str, Any]:
+    """The flow on the trained flm/fmlm, its judge read from the session's converted SmolLM2 (no second conversion)."""
+    from pipelines.flows import evaluate
+
+    cache = project / ".state" / "cache" / "judges" / SMOLLM2_CACHE
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    if not cache.exists():
+        cache.symlink_to(smollm2.state_dir / "cache" / "judges" / SMOLLM2_CACHE, target_is_directory=True)
+    with one_thread():
+        return evaluate(params=tiny_params(eval=EVAL), root=str(project), device="cpu")
+
+
+def test_evaluate_flow_writes_outputs_run_and_version_tags(evaluated: dict, trained: dict, project: Path,
+                                                           mlflow_client: Any) -> None:
+    report = project / "reports" / "eval"
+    for name in ("report.md", "rows.json", "metrics.json", "gen_ppl_vs_nfe.csv", "gen_ppl_vs_entropy.csv",
+                 "gen_ppl_vs_nfe.png", "gen_ppl_vs_entropy.png"):
+        assert (report / name).is_file(), name
+    metrics = json.loads((project / "metrics" / "eval.json").read_text())["eval"]
+    assert metrics == evaluated["metrics"]["eval"] and set(metrics) == {"reference", "flm", "fmlm"}
+    assert set(metrics["fmlm"]) == {"flow_map", "flow_map renoise=0.8"}
+
+    run = mlflow_client.get_run(evaluated["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "evaluate"
+    assert run.data.tags["stage"] == "evaluate" and run.data.tags["dvc.data/tokens"] == TOKENS_MD5
+    assert run.data.tags["prefect.flow_run_id"] and run.data.tags["git.commit"]
+    assert run.data.params["eval.n_samples"] == "2" and run.data.params["eval.judge"] == "smollm2"
+    logged = run.data.metrics
+    assert logged["gen_ppl/flm/nfe_2"] == pytest.approx(metrics["flm"]["euler"]["nfe=2"]["gen_ppl"])
+    renoised = metrics["fmlm"]["flow_map renoise=0.8"]["nfe=1"]
+    assert logged["entropy/fmlm_renoise/nfe_1"] == pytest.approx(renoised["entropy"])
+    assert logged["gen_ppl/data"] == pytest.approx(metrics["reference"]["gen_ppl"])
+    assert "sec_per_seq/flm/nfe_1" in logged
+    artifacts = {item.path for item in mlflow_client.list_artifacts(run.info.run_id, "eval")}
+    assert {"eval/report.md", "eval/gen_ppl_vs_nfe.png", "eval/gen_ppl_vs_entropy.csv"} <= artifacts
+
+    for name, variant in (("flm", "euler"), ("fmlm", "flow_map")):
+        version = trained[name]["model_version"]
+        assert version in evaluated["versions"][name]
+        found = mlflow_client.get_model_version(name, version).tags
+        assert found[WEIGHTS_TAG] == weights_sha256(project / "models" / name)
+        assert float(found[tags.GEN_PPL]) == pytest.approx(metrics[name][variant]["nfe=2"]["gen_ppl"])
+        assert float(found[tags.REFERENCE_ENTROPY]) == pytest.approx(metrics["reference"]["entropy"])
+        assert (found[tags.PROMOTE_NFE], found[tags.VARIANT], found["eval.run_id"]) == ("2", variant, run.info.run_id)
+
+
+def test_promotion_reads_the_evaluation(evaluated: dict, trained: dict) -> None:
+    from pipelines.flows import promote
+
+    out = promote(model="fmlm", version=int(trained["fmlm"]["model_version"]), root=trained["root"],
+                  params=tiny_params(eval=EVAL))
+    assert "not been evaluated" not in out["reason"] and "evaluated at NFE" not in out["reason"]
+    assert out["promoted"] or "below the floor" in out["reason"]
