@@ -388,8 +388,9 @@ class EvalParams(Frozen):
 class ClusterParams(Frozen):
     """``cluster``: where the stages run. No DVC stage lists it: resources never change results."""
 
-    workers: int = Field(1, ge=1)
-    """Data-parallel training workers (each reads its own slice of every global batch)."""
+    workers: int = Field(1, ge=0)
+    """Data-parallel training workers (each reads its own slice of every global batch); 0 trains in the
+    flow's own process, without starting Ray (debugging, fast tests)."""
     gpus_per_worker: float = Field(0.0, ge=0.0)
     """GPUs per worker (0: CPU)."""
     cpus_per_worker: int = Field(2, ge=1)
