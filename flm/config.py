@@ -344,7 +344,7 @@ class EvalParams(Frozen):
     """Sequences sampled (and judged) per chunk."""
     n_boot: int = Field(1000, ge=10)
     """Bootstrap resamples of the Gen PPL confidence interval (95 %)."""
-    max_nfe: int = Field(64, ge=1)
+    max_nfe: int = Field(128, ge=1)
     """Largest NFE of FLM and MDLM (a power of two; the paper: 1024)."""
     fmlm_nfe: tuple[int, ...] = Field((1, 2, 4, 8), min_length=1)
     """FMLM's NFEs (flow-map jumps)."""

@@ -15,3 +15,6 @@ TINY: dict[str, Any] = {
     "mdlm": {"steps": 12, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "ema_decay": 0.9, "val_every": 6,
              "val_batches": 2, "ckpt_every": 6, "log_every": 3, "sample_n": 2, "sample_steps": [1, 4]},
 }
+TINY_EVAL: dict[str, Any] = {"models": ["flm", "fmlm", "mdlm", "ar"], "n_samples": 2, "batch_size": 2, "n_boot": 20,
+                             "max_nfe": 2, "fmlm_nfe": [1, 2], "promote_nfe": 2, "n_show": 1}
+"""A tiny ``eval`` section: every model, two samples, NFE 1 and 2."""

@@ -1,5 +1,5 @@
-"""dvc.yaml's training stages (each runs its Prefect flow): exact params lists, and a changed distill param reruns
-only distillation."""
+"""dvc.yaml's training and evaluate stages (each runs its Prefect flow): exact params lists, and a changed distill
+param reruns only distillation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 
 from tests.train.conftest import OFFLINE_ENV
 
-from .helpers import TINY
+from .helpers import TINY, TINY_EVAL
 
 REPO = Path(__file__).resolve().parents[2]
 TRACKED = ["flm", "pipelines", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore"]
@@ -45,7 +45,18 @@ def test_each_training_stage_lists_exactly_its_params_sections() -> None:
         assert stage["outs"] == [f"models/{name}"] and stage["metrics"] == [f"metrics/{name}.json"]
         assert stage["cmd"] == all_stages["train_flm"]["cmd"].replace("train_flm", f"train_{name}")
         assert "data/tokens" in stage["deps"] and not [d for d in stage["deps"] if d.startswith("models/")]
-    for stage in ("train_flm", "distill_fmlm", "train_ar", "train_mdlm"):
+    evaluate = all_stages["evaluate"]
+    assert evaluate["cmd"] == all_stages["train_flm"]["cmd"].replace("train_flm", "evaluate")
+    assert evaluate["params"] == ["profile", "eval", "profiles.lm1b.eval", "profiles.owt.eval"]
+    assert {f"models/{name}" for name in ("flm", "fmlm", "ar", "mdlm")} | {"data/tokens", "data/tokenizer"} <= set(
+        evaluate["deps"])
+    assert evaluate["outs"] == ["reports/eval"] and evaluate["metrics"] == ["metrics/eval.json"]
+    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    assert [(name, spec["x"], spec["y"]) for plot in plots for name, spec in plot.items()] == [
+        ("reports/eval/gen_ppl_vs_nfe.csv", "nfe", "gen_ppl"),
+        ("reports/eval/gen_ppl_vs_entropy.csv", "entropy", "gen_ppl"),
+    ]
+    for stage in ("train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate"):
         for dep in all_stages[stage]["deps"]:
             assert dep.startswith(("data/", "models/")) or (REPO / dep).exists(), dep
 
@@ -57,7 +68,7 @@ def run(repo: Path, *args: str, env: dict[str, str]) -> str:
 
 
 def ran(output: str) -> set[str]:
-    names = ("corpus", "tokenizer", "pack", "train_flm", "distill_fmlm", "train_ar", "train_mdlm")
+    names = ("corpus", "tokenizer", "pack", "train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate")
     return {name for name in names if f"Running stage '{name}'" in output}
 
 
@@ -76,6 +87,7 @@ def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflo
         params[section] |= values
     for section in ("train", "distill", "ar", "mdlm"):
         params[section]["sample_n"] = 0
+    params["eval"] |= TINY_EVAL
     params["cluster"]["workers"] = 0  # the flows run the stage in their own process (no Ray cluster)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1",
@@ -93,7 +105,7 @@ def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflo
     dvc = (sys.executable, "-m", "dvc")
     run(repo, *dvc, "commit", "-f", "corpus", "tokenizer", "pack", env=env)
 
-    assert ran(run(repo, *dvc, "repro", env=env)) == {"train_flm", "distill_fmlm", "train_ar", "train_mdlm"}
+    assert ran(run(repo, *dvc, "repro", env=env)) == {"train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate"}
     assert (repo / "models" / "fmlm" / "checkpoint.json").is_file()
     assert "up to date" in run(repo, *dvc, "status", env=env)
 
@@ -106,7 +118,8 @@ def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflo
     status = run(repo, *dvc, "status", env=env)
     assert status.splitlines()[0] == "distill_fmlm:" and "train_flm:" not in status
     assert [line.split() for line in status.splitlines() if "modified:" in line] == [["modified:", "distill"]]
-    assert ran(run(repo, *dvc, "repro", "--dry", env=env)) == {"distill_fmlm"}
+    assert ran(run(repo, *dvc, "repro", "--dry", env=env)) == {"distill_fmlm"}  # (evaluate follows once it has)
     metrics = run(repo, *dvc, "metrics", "show", env=env)
     assert "flm.val_nll" in metrics and "fmlm.val_loss" in metrics
     assert "ar.val_nll" in metrics and "mdlm.val_masked_ce" in metrics
+    assert "eval.reference.gen_ppl" in metrics and (repo / "reports" / "eval" / "report.md").is_file()
