@@ -40,6 +40,7 @@ PRESETS = {
         "flm_steps": [8, 64, 1024],
         "fmlm_steps": [1, 2, 4, 8],
         "mdlm_steps": [8, 1024],
+        "ar_batches": [1, 4, 16, 64],
     },
     "cuda": {
         "vocab": 50258,
@@ -66,10 +67,25 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def seconds_per_batch(sample, batch: int, length: int, steps: int, device: torch.device, autocast) -> float:
+    """Median wall time of ``sample(batch, length, steps, generator)`` after a one-call warm-up.
+
+    Rows that take under 3 s are repeated (up to 5 runs) and the median is taken.
+    """
+    gen = torch.Generator(device).manual_seed(0)
+    with autocast:
+        sample(batch, length, 1, gen)  # warm-up (one network call; AR: a whole sequence)
+        times = [timed(lambda: sample(batch, length, steps, gen), device)]
+        while sum(times) < 3.0 and len(times) < 5:
+            times.append(timed(lambda: sample(batch, length, steps, gen), device))
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--sweep-only", action="store_true", help="only the FMLM-1 vs AR batch sweep")
     args = parser.parse_args()
     cfg = PRESETS[args.device]
     device = torch.device(args.device)
@@ -90,35 +106,42 @@ def main() -> None:
         + [("MDLM", s, mdlm.sample) for s in cfg["mdlm_steps"]]
         + [("AR (KV cache)", length, ar.sample)]
     )
-    for name, steps, sample in runs:
-        gen = torch.Generator(device).manual_seed(0)
-        with autocast:
-            sample(b, length, 1, gen)  # warm-up (one network call; AR: a whole sequence)
-            times = [timed(lambda sample=sample, steps=steps, gen=gen: sample(b, length, steps, gen), device)]
-            while sum(times) < 3.0 and len(times) < 5:  # short rows: the median of up to 5 runs
-                times.append(timed(lambda sample=sample, steps=steps, gen=gen: sample(b, length, steps, gen), device))
-        sec = statistics.median(times)
+    for name, steps, sample in [] if args.sweep_only else runs:
+        sec = seconds_per_batch(sample, b, length, steps, device, autocast)
         rows.append(
             {"model": name, "nfe": steps, "batch_s": sec, "per_sequence_s": sec / b, "tokens_per_s": b * length / sec}
         )
         print(f"{name} {steps:>5} steps: {sec:8.3f} s per batch of {b}", flush=True)
-    ref = max((r for r in rows if r["model"] == "FLM"), key=lambda r: r["nfe"])
-    ar_row = next(r for r in rows if r["model"].startswith("AR"))
-    print(
-        f"\nSampling, {args.device}: V={cfg['vocab']} L={length} d={cfg['d_model']} layers={cfg['n_layers']} batch={b}"
-    )
-    print(f"| model | NFE | s / sequence | tokens/s | vs FLM-{ref['nfe']} | vs AR |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        r["speedup_vs_flm_max"] = r["tokens_per_s"] / ref["tokens_per_s"]
-        r["speedup_vs_ar"] = r["tokens_per_s"] / ar_row["tokens_per_s"]
-        print(
-            f"| {r['model']} | {r['nfe']} | {r['per_sequence_s']:.4f} | {r['tokens_per_s']:,.0f} "
-            f"| {r['speedup_vs_flm_max']:.1f}x | {r['speedup_vs_ar']:.2f}x |"
-        )
+    sweep = []  # FMLM-1 vs AR with its KV cache at the same length, batch by batch
+    for batch in cfg["ar_batches"]:
+        fmlm_s = seconds_per_batch(fmlm.sample, batch, length, 1, device, autocast)
+        ar_s = seconds_per_batch(ar.sample, batch, length, length, device, autocast)
+        sweep.append({"batch": batch, "fmlm1_per_sequence_s": fmlm_s / batch, "ar_per_sequence_s": ar_s / batch,
+                      "fmlm1_vs_ar": ar_s / fmlm_s})
+        print(f"batch {batch:>3}: FMLM-1 {fmlm_s:.3f} s, AR {ar_s:.3f} s", flush=True)
+    if rows:
+        ref = max((r for r in rows if r["model"] == "FLM"), key=lambda r: r["nfe"])
+        ar_row = next(r for r in rows if r["model"].startswith("AR"))
+        print(f"\nSampling, {args.device}: V={cfg['vocab']} L={length} d={cfg['d_model']} "
+              f"layers={cfg['n_layers']} batch={b}")
+        print(f"| model | NFE | s / sequence | tokens/s | vs FLM-{ref['nfe']} | vs AR |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            r["speedup_vs_flm_max"] = r["tokens_per_s"] / ref["tokens_per_s"]
+            r["speedup_vs_ar"] = r["tokens_per_s"] / ar_row["tokens_per_s"]
+            print(
+                f"| {r['model']} | {r['nfe']} | {r['per_sequence_s']:.4f} | {r['tokens_per_s']:,.0f} "
+                f"| {r['speedup_vs_flm_max']:.1f}x | {r['speedup_vs_ar']:.2f}x |"
+            )
+    print("\n| batch | FMLM-1 s / sequence | AR (KV cache) s / sequence | FMLM-1 vs AR |")
+    print("| ---: | ---: | ---: | ---: |")
+    for r in sweep:
+        print(f"| {r['batch']} | {r['fmlm1_per_sequence_s']:.4f} | {r['ar_per_sequence_s']:.4f} "
+              f"| {r['fmlm1_vs_ar']:.1f}x |")
     result = {
         "config": cfg,
         "rows": rows,
+        "fmlm1_vs_ar_by_batch": sweep,
         "machine": platform.platform(),
         "torch": torch.__version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -126,7 +149,8 @@ def main() -> None:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
     }
-    out = args.json or Path(__file__).parent / "results" / f"sampling_{args.device}.json"
+    suffix = "_sweep" if args.sweep_only else ""
+    out = args.json or Path(__file__).parent / "results" / f"sampling_{args.device}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"written to {out}")
