@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flm.distributed.runtime import ray_session
+from flm.distributed.relay import relay_lines
+from flm.distributed.runtime import ray_address, ray_session
 from flm.distributed.worker import StageOutput, TrackerFactory, WorkerTask, train_worker
 
 __all__ = ["JobOutcome", "RayJobSpec", "build_trainer", "run_stage"]
@@ -132,13 +133,17 @@ def run_stage(
     """
     if "://" not in spec.storage_path:
         Path(spec.storage_path).mkdir(parents=True, exist_ok=True)
+    # an embedded Ray shares this filesystem: rank 0's output reaches this process through a file
+    local = ray_address(spec.address) is None
+    progress = Path(state_dir).resolve() / "ray" / "progress" / f"{spec.name}.log" if local else None
     task = WorkerTask(stage=stage, params=params.model_dump(mode="json"), tracking_uri=tracking_uri,
-                      run_id=run_id, tracker_factory=tracker_factory)
+                      run_id=run_id, tracker_factory=tracker_factory,
+                      progress_file=str(progress) if progress and spec.workers > 0 else None)
     cpus = spec.local_cpus or max(2, int(spec.cpus_per_worker * max(spec.workers, 1)))
     if spec.workers == 0 and spec.address is None:
         result = build_trainer(task, spec).fit()          # local mode: in this process, no Ray needed
     else:
-        with ray_session(spec.address, state_dir, num_cpus=cpus, log_to_driver=True):  # workers' progress lines
+        with ray_session(spec.address, state_dir, num_cpus=cpus), relay_lines(task.progress_file):
             result = build_trainer(task, spec).fit()
     if result.error is not None:
         raise result.error

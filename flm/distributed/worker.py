@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from flm.distributed.relay import lines_to_file
 from flm.environment import TELEMETRY_OFF
 from flm.tracking import NullTracker, Tracker
 
@@ -51,6 +52,8 @@ class WorkerTask:
         tracking_uri: the MLflow store the driver uses (a server URI on a real cluster).
         run_id: the MLflow run rank 0 logs into (``None``: no tracking).
         tracker_factory: ``rank -> Tracker``, replacing the default MLflow/no-op choice (tests).
+        progress_file: rank 0 prints the stage's output (progress lines) into this file, which the
+            driver relays (:mod:`flm.distributed.relay`); ``None``: the worker's own stdout.
     """
 
     stage: Callable[..., StageOutput]
@@ -58,6 +61,7 @@ class WorkerTask:
     tracking_uri: str | None = None
     run_id: str | None = None
     tracker_factory: TrackerFactory | None = None
+    progress_file: str | None = None
 
 
 def mlflow_rank0_tracker(rank: int, tracking_uri: str | None, run_id: str | None) -> Tracker:
@@ -94,7 +98,8 @@ def train_worker(config: dict[str, Any]) -> None:
     else:
         tracker = mlflow_rank0_tracker(rank, task.tracking_uri, task.run_id)
     params = Params.model_validate(task.params)
-    output = task.stage(params, tracker=tracker, rank=rank, world_size=world_size, device=device)
+    with lines_to_file(task.progress_file if rank == 0 else None):
+        output = task.stage(params, tracker=tracker, rank=rank, world_size=world_size, device=device)
     metrics = numeric(output.metrics) | {"world_size": float(world_size)}
     if rank == 0 and output.checkpoint is not None:
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(output.checkpoint)))
