@@ -58,14 +58,27 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> str:
 
 
 def _download(uri: str, dest: Path, tracking_uri: str | None) -> None:
+    """Download the model at ``uri`` so that its ``MLmodel`` lands directly in ``dest``."""
+    import shutil
+
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    match = _REGISTERED.match(uri)
+    staging = dest / ".download"
+    staging.mkdir(parents=True)
     try:
-        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest), tracking_uri=tracking_uri,
-                                            registry_uri=tracking_uri)
+        if match is not None and match["version"] is not None:  # the version's own artifact location:
+            # download_artifacts resolves ``models:/`` through MLflow's *global* registry URI otherwise
+            client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            uri = client.get_model_version_download_uri(match["name"], match["version"])
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging),
+                                                         tracking_uri=tracking_uri))
     except MlflowException as err:
         raise LookupError(f"{uri}: cannot download the model ({err.message})") from None
+    for item in list(local.iterdir()):  # a directory URI lands in staging/<its name>
+        item.rename(dest / item.name)
+    shutil.rmtree(staging)
 
 
 def _model_files(model_dir: Path, uri: str) -> ModelFiles:

@@ -23,8 +23,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict, tokeni
 
     from flm.registry.publish import log_text_model
 
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    root = tmp_path_factory.mktemp("project")
+    (root / "state" / "mlflow").mkdir(parents=True)
+    uri = f"sqlite:///{root / 'state' / 'mlflow' / 'mlflow.db'}"  # the project layout (default store)
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment("generate", artifact_location=str(root / "artifacts"))
     run = client.create_run(experiment)
@@ -83,6 +84,17 @@ def test_cli_prints_count_texts_from_a_registered_model(registry: dict, checkpoi
     expected = TextGenerator(checkpoints["fmlm"], tokenizer_dir).generate(3, 2, 16, 4, "The government")
     assert [r["text"] for r in records] == expected
     assert not (tmp_path / "mlruns").exists() and (tmp_path / "state" / "model-cache").is_dir()
+
+
+def test_cli_default_store_is_the_projects(registry: dict, checkpoints: dict, tokenizer_dir: Path,
+                                           tmp_path: Path) -> None:
+    """No ``--tracking-uri``: resolve *and download* from ``<state>/mlflow``, write no ``./mlflow.db``."""
+    out = _flm("generate", "models:/tiny-fmlm@champion", "-n", "2", "--steps", "1", "--length", "16", "--json",
+               "--state", str(registry["root"] / "state"), "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    expected = TextGenerator(checkpoints["fmlm"], tokenizer_dir).generate(2, 1, 16, 0)
+    assert [json.loads(line)["text"] for line in out.stdout.splitlines()] == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_cli_missing_path_exits_2_naming_it(tmp_path: Path) -> None:
