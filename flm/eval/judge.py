@@ -213,7 +213,7 @@ def ar_judge(checkpoint_dir: str | Path, tokenizer_dir: str | Path, device: str 
     """
     from flm.data.tokenizer import load_tokenizer
     from flm.objectives.ar import ARObjective
-    from flm.train.checkpoint import load_backbone, model_kind
+    from flm.train.checkpoint import load_backbone, model_kind, read_meta, seq_len
 
     name = f"ar:{checkpoint_dir}"
     try:
@@ -231,16 +231,8 @@ def ar_judge(checkpoint_dir: str | Path, tokenizer_dir: str | Path, device: str 
     def logits(ids: torch.Tensor) -> torch.Tensor:
         return model.logits(model.backbone.embed_ids(ids))
 
-    n_ctx = int(_seq_len(checkpoint_dir)) + 1
+    n_ctx = seq_len(read_meta(checkpoint_dir)) + 1
     return Judge(name, logits, tokenizer.encode_batch, model.start_id, tokenizer.info.eos_id, n_ctx, device)
-
-
-def _seq_len(checkpoint_dir: str | Path) -> int:
-    """The training sequence length ``L`` recorded in a checkpoint (128 when it has none)."""
-    from flm.train.checkpoint import read_meta
-
-    data = read_meta(checkpoint_dir).get("params", {}).get("data", {})
-    return int(data.get("packing", {}).get("seq_len", 128))
 
 
 def load_judge(spec: str, state_dir: str | Path = ".state", device: str = "cpu",

@@ -179,8 +179,9 @@ class TextGenerator:
     @property
     def default_length(self) -> int:
         """The training sequence length ``L`` when the checkpoint records it, else 128."""
-        data = self.meta.get("params", {}).get("data", {})
-        return int(data.get("packing", {}).get("seq_len", 128))
+        from flm.train.checkpoint import seq_len
+
+        return seq_len(self.meta)
 
     def encode_prefix(self, prefix: str | list[int] | Tensor) -> Tensor:
         """``(P,)`` ids of a prefix: text through the checkpoint's tokenizer (no BOS/EOS), ids as given."""

@@ -47,6 +47,7 @@ __all__ = [
     "read_meta",
     "restore_checkpoint",
     "save_checkpoint",
+    "seq_len",
 ]
 
 FORMAT = "flm.checkpoint/1"
@@ -123,6 +124,11 @@ def read_meta(checkpoint_dir: str | Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint (format {meta.get('format')!r})")
     return meta
+
+
+def seq_len(meta: dict[str, Any], default: int = 128) -> int:
+    """The training sequence length ``L`` a checkpoint's meta records (``params.data.packing``), else ``default``."""
+    return int(meta.get("params", {}).get("data", {}).get("packing", {}).get("seq_len", default))
 
 
 def model_kind(checkpoint_dir: str | Path) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,14 +13,6 @@ from flm.objectives import ARObjective
 from tests.conftest import gen
 
 V, L, D = 29, 10, 16  # backbone vocabulary V + 1: id V is the start token
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only add contention on a busy machine
-    yield
-    torch.set_num_threads(before)
 
 
 def _objective(dtype: torch.dtype = torch.float64, ce_chunk: int = 0) -> ARObjective:
