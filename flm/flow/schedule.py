@@ -93,8 +93,9 @@ def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
     """
     x = x.clamp(xp[0], xp[-1])
     idx = torch.searchsorted(xp, x.detach().contiguous(), right=True).clamp(1, xp.numel() - 1)
-    x0, x1 = xp[idx - 1], xp[idx]
-    f0, f1 = fp[idx - 1], fp[idx]
+    # take, not xp[idx]: indexing with a 0-dim tensor would read it on the host (a device sync)
+    x0, x1 = xp.take(idx - 1), xp.take(idx)
+    f0, f1 = fp.take(idx - 1), fp.take(idx)
     w = (x - x0) / (x1 - x0)
     return torch.lerp(f0, f1, w)
 
