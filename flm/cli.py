@@ -54,6 +54,8 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--state", default=".state", help="tool state and the downloaded-model cache (.state)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of text blocks")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the network first (pays off for many steps or repeated calls)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,9 +77,9 @@ def _generate(args: argparse.Namespace, state: Path) -> int:
     if is_model_uri(args.source):
         generator = TextGenerator.load(args.source, args.tokenizer, device,
                                        tracking_uri=args.tracking_uri or default_tracking_uri(state),
-                                       cache_dir=state / "model-cache")
+                                       cache_dir=state / "model-cache", compile=args.compile)
     else:
-        generator = TextGenerator.load(args.source, args.tokenizer, device)
+        generator = TextGenerator.load(args.source, args.tokenizer, device, compile=args.compile)
     texts = generator.generate(args.count, args.steps, args.length, args.seed, args.prefix, args.renoise)
     for index, text in enumerate(texts):
         if args.json:

@@ -100,6 +100,29 @@ class DiT(nn.Module):
         """An empty :class:`KVCache` for ``batch`` sequences of up to ``max_len`` positions, on this DiT's device."""
         return KVCache.empty(self.config, batch, max_len, self.embedding.device, self.embedding.dtype)
 
+    def compile_for_sampling(self, cuda_graphs: bool = False, backend: str = "inductor") -> DiT:
+        """Compile this network's calls (``self(h, τ_s, τ_t)``) for fixed-step samplers, in place.
+
+        A K-step sampler (FLM Euler, FMLM flow map, MDLM) calls the network K times with the same
+        shapes: states ``(B, L, d)`` and times ``(B,)`` as tensors, never Python numbers. So one
+        compiled graph serves all K steps (``dynamic=False``: another ``(B, L)`` compiles once more)
+        and no step synchronizes with the host. ``cuda_graphs=True`` (CUDA only) also captures
+        that graph as a CUDA graph (inductor's ``reduce-overhead``): each step is one replay.
+        Cached AR decoding changes shape at every position; keep that network eager.
+
+        Args:
+            cuda_graphs: capture CUDA graphs (ignored on CPU).
+            backend: the ``torch.compile`` backend (tests use a counting one).
+
+        Returns:
+            ``self``.
+        """
+        if cuda_graphs and self.embedding.device.type == "cuda" and backend == "inductor":
+            self.compile(backend=backend, mode="reduce-overhead", dynamic=False)
+        else:
+            self.compile(backend=backend, dynamic=False)
+        return self
+
     @property
     def head(self) -> nn.Linear:
         """The zero-initialized output projection ``(d → V)``."""

@@ -34,8 +34,8 @@ from flm.objectives.common import ProjectedSpace, at_least_float32
 from flm.train.checkpoint import load_backbone, model_kind, read_meta
 
 __all__ = [
-    "EXTRA_IDS", "PREFIX_KINDS", "RENOISE_G", "SAMPLERS", "SampleRequest", "TextGenerator", "is_model_uri",
-    "model_kind",
+    "COMPILED_KINDS", "EXTRA_IDS", "PREFIX_KINDS", "RENOISE_G", "SAMPLERS", "SampleRequest", "TextGenerator",
+    "is_model_uri", "model_kind",
 ]
 
 RENOISE_G = 0.8
@@ -116,6 +116,9 @@ SAMPLERS: dict[str, Sampler] = {"flm": _sample_flm, "fmlm": _sample_fmlm, "ar": 
 """The one dispatch table: model kind -> sampling function."""
 PREFIX_KINDS: frozenset[str] = frozenset({"flm", "fmlm"})
 """Kinds whose sampler can clamp a prefix."""
+COMPILED_KINDS: frozenset[str] = frozenset({"flm", "fmlm", "mdlm"})
+"""Kinds whose sampler calls the network with fixed shapes, so ``compile=True`` compiles it
+(:meth:`flm.model.DiT.compile_for_sampling`); AR's cached decoding changes shape every position."""
 EXTRA_IDS: dict[str, int] = {"ar": 1, "mdlm": 1}
 """Backbone ids past the tokenizer's vocabulary, per kind (AR's start token, MDLM's mask; MATH.md §6)."""
 
@@ -132,10 +135,13 @@ class TextGenerator:
         checkpoint_dir: a checkpoint directory (``models/flm``, ``models/fmlm``, ``ckpt-<step>``).
         tokenizer_dir: a tokenizer saved by the ``tokenizer`` stage (``None``: ids joined by spaces).
         device: where to run (default CPU).
+        compile: compile the network for fixed-step sampling (FLM, FMLM, MDLM; an AR model stays
+            eager): the first call of a shape compiles (seconds to a minute), later calls and every
+            step within one reuse the graph.
     """
 
     def __init__(self, checkpoint_dir: str | Path, tokenizer_dir: str | Path | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", compile: bool = False) -> None:
         folder = Path(checkpoint_dir)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such checkpoint directory")
@@ -145,6 +151,8 @@ class TextGenerator:
         self.meta = read_meta(folder)
         self.backbone = load_backbone(folder, ema=True, device=self.device)
         self.kind = model_kind(folder)
+        if compile and self.kind in COMPILED_KINDS:
+            self.backbone.compile_for_sampling()
         self.vocab_size = self.backbone.config.vocab_size - EXTRA_IDS.get(self.kind, 0)
         """The tokenizer's ``V``: ids a sample (or a prefix) can hold."""
         self.decoder = None
@@ -158,7 +166,8 @@ class TextGenerator:
 
     @classmethod
     def load(cls, source: str | Path, tokenizer: str | Path | None = None, device: str | torch.device = "cpu",
-             tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> TextGenerator:
+             tracking_uri: str | None = None, cache_dir: str | Path | None = None,
+             compile: bool = False) -> TextGenerator:
         """A generator from a checkpoint directory or an MLflow model URI.
 
         Args:
@@ -168,13 +177,14 @@ class TextGenerator:
             tracking_uri: the MLflow tracking (and registry) store of a URI (default: MLflow's own default).
             cache_dir: keep downloaded models here, keyed by the resolved version (default: a
                 temporary directory, removed once the weights are in memory).
+            compile: compile the network for fixed-step sampling (see ``TextGenerator``).
         """
         if not is_model_uri(source):
-            return cls(source, tokenizer, device)
+            return cls(source, tokenizer, device, compile)
         from flm.registry.fetch import fetched_model
 
         with fetched_model(str(source), tracking_uri, cache_dir) as files:
-            return cls(files.checkpoint, tokenizer if tokenizer is not None else files.tokenizer, device)
+            return cls(files.checkpoint, tokenizer if tokenizer is not None else files.tokenizer, device, compile)
 
     @property
     def default_length(self) -> int:
