@@ -48,7 +48,7 @@ def run_one(cfg: dict) -> dict:
         cfg["vocab"], cfg["d_model"], cfg["n_layers"], cfg["n_heads"], cond_dim=128, attn_impl=cfg.get("attn", "sdpa")
     )
     obj = FLMObjective(DiT(model_cfg), ce_chunk=chunk).to(device)
-    opt = torch.optim.AdamW(obj.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(obj.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
     step_fn = obj.loss_dense if dense else obj.loss
     if cfg.get("compile"):
         step_fn = torch.compile(step_fn)

@@ -5,8 +5,9 @@ Ray job's driver, the Prefect server launcher) calls :func:`hermetic` first. It 
 
 * the telemetry switches of DVC, MLflow, Prefect and Ray (``DO_NOT_TRACK`` must be the literal
   ``true`` for MLflow), always, whatever the caller's environment says;
-* ``PREFECT_HOME``, ``HF_HOME`` and ``MPLCONFIGDIR`` under the state directory, unless already set,
-  so no sqlite database or cache lands in ``~``;
+* ``PREFECT_HOME``, ``HF_HOME``, ``MPLCONFIGDIR`` and the compiler caches of ``torch.compile``
+  (``TORCHINDUCTOR_CACHE_DIR``, ``TRITON_CACHE_DIR``) under the state directory, unless already set,
+  so no sqlite database or cache lands in ``~`` or ``/tmp``;
 * a generous startup timeout for Prefect's temporary API server (20 s times out on a busy 2-core
   machine);
 * ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` unless set: a Ray *driver* then takes 127.0.0.1 as its
@@ -50,6 +51,8 @@ def hermetic(state_dir: str | Path = ".state") -> Path:
         "PREFECT_HOME": state / "prefect",
         "HF_HOME": state / "hf",
         "MPLCONFIGDIR": state / "matplotlib",
+        "TORCHINDUCTOR_CACHE_DIR": state / "torch" / "inductor",
+        "TRITON_CACHE_DIR": state / "torch" / "triton",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }

@@ -49,10 +49,16 @@ def lr_at(step: int, settings: OptimSettings) -> float:
 
 
 def build_optimizer(module: nn.Module, settings: OptimSettings) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters of ``module``."""
+    """AdamW over the trainable parameters of ``module``; the fused kernel when they all live on CUDA.
+
+    Fused AdamW keeps its step count on the device (one kernel, no host read per step); on CPU the
+    default (foreach) implementation is kept.
+    """
     params = [p for p in module.parameters() if p.requires_grad]
+    fused = bool(params) and all(p.is_cuda for p in params)
     return torch.optim.AdamW(
-        params, lr=settings.lr, betas=(settings.beta1, settings.beta2), weight_decay=settings.weight_decay
+        params, lr=settings.lr, betas=(settings.beta1, settings.beta2), weight_decay=settings.weight_decay,
+        fused=fused or None,
     )
 
 

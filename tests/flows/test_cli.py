@@ -23,7 +23,8 @@ def test_cli_runs_a_stage_and_leaves_home_untouched(project: Path, tmp_path: Pat
     params = {"model": TINY_MODEL, "train": TINY_LOOP | {"steps": 2, "val_every": 0, "ckpt_every": 0, "sample_n": 0}}
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_", "HF_", "MPLCONFIGDIR", "DO_NOT_TRACK"))}
+           if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_", "HF_", "MPLCONFIGDIR", "DO_NOT_TRACK",
+                                       "TORCHINDUCTOR_", "TRITON_"))}
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.run", "train_flm", "--root", str(root), "--workers", "0", "--no-register"],
         env=env | {"HOME": str(home)}, cwd=root, capture_output=True, text=True, timeout=300)
