@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU benchmark pass, prepared to finish in under 5 minutes on one H100/H200:
-# training step (dense vs projected vs chunked CE; bf16; compile off/on; SDPA vs flash-attn when
-# installed), then sampling. Results land in bench/results/*_cuda*.json; tables print to stdout.
+# The GPU benchmark pass, prepared to finish in about 5 minutes on one H100/H200, most important
+# first: training step (dense vs projected vs chunked CE, bf16), sampling (eager), then the
+# training step compiled, flash-attn (when installed) and sampling with compiled networks and CUDA
+# graphs. Results land in bench/results/*_cuda*.json; tables print to stdout.
 # Usage: bash bench/gpu.sh   (from the repository root, with the package installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,7 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY bench/train_step.py --device cuda --rounds 1 --json bench/results/train_step_cuda.json
+$PY bench/sampling.py --device cuda
 $PY bench/train_step.py --device cuda --rounds 1 --paths projected projected+chunked-CE --compile \
   --json bench/results/train_step_cuda_compile.json
 if $PY -c "import flash_attn" 2>/dev/null; then
@@ -17,4 +19,4 @@ if $PY -c "import flash_attn" 2>/dev/null; then
 else
   echo "flash-attn not installed: skipping the flash-attn row"
 fi
-$PY bench/sampling.py --device cuda
+$PY bench/sampling.py --device cuda --compile --cuda-graphs

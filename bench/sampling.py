@@ -7,7 +7,8 @@ per batch, per sequence, tokens/s, and each row's throughput relative to FLM at 
 count and to AR.
 
     python bench/sampling.py                 # CPU, L = 128
-    python bench/sampling.py --device cuda   # GPU, L = 1024, bf16 autocast
+    python bench/sampling.py --compile       # also FMLM/FLM/MDLM rows (<= 64 steps) with the network compiled
+    python bench/sampling.py --device cuda --compile --cuda-graphs   # GPU, L = 1024, bf16 autocast
 
 Writes ``bench/results/sampling_<device>.json``.
 """
@@ -15,6 +16,7 @@ Writes ``bench/results/sampling_<device>.json``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -52,6 +54,7 @@ PRESETS = {
         "flm_steps": [8, 64, 1024],
         "fmlm_steps": [1, 2, 4, 8],
         "mdlm_steps": [8, 1024],
+        "ar_batches": [1, 8, 32],
     },
 }
 
@@ -86,6 +89,9 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--sweep-only", action="store_true", help="only the FMLM-1 vs AR batch sweep")
+    parser.add_argument("--compile", action="store_true",
+                        help="measure FMLM/FLM/MDLM rows of up to 64 steps also with DiT.compile_for_sampling")
+    parser.add_argument("--cuda-graphs", action="store_true", help="with --compile on CUDA: capture CUDA graphs")
     args = parser.parse_args()
     cfg = PRESETS[args.device]
     device = torch.device(args.device)
@@ -100,12 +106,22 @@ def main() -> None:
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     b, length = cfg["batch"], cfg["length"]
     rows = []
-    runs = (
-        [("FMLM", s, fmlm.sample) for s in cfg["fmlm_steps"]]
-        + [("FLM", s, flm.sample) for s in cfg["flm_steps"]]
-        + [("MDLM", s, mdlm.sample) for s in cfg["mdlm_steps"]]
-        + [("AR (KV cache)", length, ar.sample)]
-    )
+    compiled = {}  # the same models with their network compiled for fixed-step sampling (AR stays eager)
+    if args.compile:
+        compiled = {
+            "FMLM": copy.deepcopy(fmlm), "FLM": copy.deepcopy(flm), "MDLM": copy.deepcopy(mdlm),
+        }
+        for name, objective in compiled.items():
+            net = objective.student if name == "FMLM" else objective.backbone
+            net.compile_for_sampling(cuda_graphs=args.cuda_graphs)
+    runs = []
+    for name, objective, all_steps in (("FMLM", fmlm, cfg["fmlm_steps"]), ("FLM", flm, cfg["flm_steps"]),
+                                       ("MDLM", mdlm, cfg["mdlm_steps"])):
+        for s in all_steps:
+            runs.append((name, s, objective.sample))
+            if name in compiled and s <= 64:  # the per-call gain is the same at 1024 steps
+                runs.append((f"{name} compiled", s, compiled[name].sample))
+    runs.append(("AR (KV cache)", length, ar.sample))
     for name, steps, sample in [] if args.sweep_only else runs:
         sec = seconds_per_batch(sample, b, length, steps, device, autocast)
         rows.append(
@@ -116,8 +132,12 @@ def main() -> None:
     for batch in cfg["ar_batches"]:
         fmlm_s = seconds_per_batch(fmlm.sample, batch, length, 1, device, autocast)
         ar_s = seconds_per_batch(ar.sample, batch, length, length, device, autocast)
-        sweep.append({"batch": batch, "fmlm1_per_sequence_s": fmlm_s / batch, "ar_per_sequence_s": ar_s / batch,
-                      "fmlm1_vs_ar": ar_s / fmlm_s})
+        row = {"batch": batch, "fmlm1_per_sequence_s": fmlm_s / batch, "ar_per_sequence_s": ar_s / batch,
+               "fmlm1_vs_ar": ar_s / fmlm_s}
+        if compiled:
+            fast_s = seconds_per_batch(compiled["FMLM"].sample, batch, length, 1, device, autocast)
+            row |= {"fmlm1_compiled_per_sequence_s": fast_s / batch, "fmlm1_compiled_vs_ar": ar_s / fast_s}
+        sweep.append(row)
         print(f"batch {batch:>3}: FMLM-1 {fmlm_s:.3f} s, AR {ar_s:.3f} s", flush=True)
     if rows:
         ref = max((r for r in rows if r["model"] == "FLM"), key=lambda r: r["nfe"])
@@ -133,13 +153,18 @@ def main() -> None:
                 f"| {r['model']} | {r['nfe']} | {r['per_sequence_s']:.4f} | {r['tokens_per_s']:,.0f} "
                 f"| {r['speedup_vs_flm_max']:.1f}x | {r['speedup_vs_ar']:.2f}x |"
             )
-    print("\n| batch | FMLM-1 s / sequence | AR (KV cache) s / sequence | FMLM-1 vs AR |")
-    print("| ---: | ---: | ---: | ---: |")
+    extra = " | FMLM-1 compiled s / sequence | compiled vs AR" if compiled else ""
+    print(f"\n| batch | FMLM-1 s / sequence | AR (KV cache) s / sequence | FMLM-1 vs AR{extra} |")
+    print("| ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if compiled else ""))
     for r in sweep:
+        cells = (f" | {r['fmlm1_compiled_per_sequence_s']:.4f} | {r['fmlm1_compiled_vs_ar']:.1f}x"
+                 if compiled else "")
         print(f"| {r['batch']} | {r['fmlm1_per_sequence_s']:.4f} | {r['ar_per_sequence_s']:.4f} "
-              f"| {r['fmlm1_vs_ar']:.1f}x |")
+              f"| {r['fmlm1_vs_ar']:.1f}x{cells} |")
     result = {
         "config": cfg,
+        "compile": args.compile,
+        "cuda_graphs": args.cuda_graphs,
         "rows": rows,
         "fmlm1_vs_ar_by_batch": sweep,
         "machine": platform.platform(),
@@ -149,7 +174,7 @@ def main() -> None:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
     }
-    suffix = "_sweep" if args.sweep_only else ""
+    suffix = ("_sweep" if args.sweep_only else "") + ("_compile" if args.compile else "")
     out = args.json or Path(__file__).parent / "results" / f"sampling_{args.device}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
