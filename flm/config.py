@@ -265,6 +265,10 @@ class LoopParams(Frozen):
     """Seed of the batch order, the initial weights and the objective's noise."""
     compile: bool = False
     """``torch.compile`` the backbone (GPU runs)."""
+    ce_chunk: int = Field(0, ge=0)
+    """Tokens per chunk of the output head + cross entropy in the loss (0: the whole micro-batch at
+    once). With a chunk, no ``(B·L, V)`` logits exist: set it when they dominate memory (GPT-2's
+    vocabulary at L = 1024); costs one more head pass in the backward."""
     bf16: bool = True
     """bf16 autocast on CUDA (ignored on CPU, which always runs float32)."""
     sample_n: int = Field(4, ge=0)

@@ -153,7 +153,8 @@ def train_flm(
     vocab_size = TokenBlocks(paths.tokens, "train").vocab_size
     torch.manual_seed(params.train.seed)
     backbone = DiT(params.model.dit_config(vocab_size, n_times=1))
-    objective = FLMObjective(backbone, learn_loss_weight=params.train.learn_loss_weight).to(device)
+    objective = FLMObjective(backbone, learn_loss_weight=params.train.learn_loss_weight,
+                             ce_chunk=params.train.ce_chunk).to(device)
     key = {
         "model": params.model.model_dump(mode="json"),
         "train": params.train.model_dump(mode="json"),
@@ -180,7 +181,7 @@ def distill_fmlm(
     torch.manual_seed(params.distill.seed)
     d = params.distill
     objective = FMLMDistillation.from_teacher(
-        teacher, diag_fraction=d.diag_fraction, boundary_fraction=d.boundary_fraction
+        teacher, diag_fraction=d.diag_fraction, boundary_fraction=d.boundary_fraction, ce_chunk=d.ce_chunk
     ).to(device)
     key = {
         "distill": d.model_dump(mode="json"),
@@ -223,8 +224,10 @@ def train_ar(
     """Stage ``train_ar``: the AR baseline (causal, no time input) -> ``models/ar``, ``metrics/ar.json``."""
     from flm.objectives import ARObjective
 
-    return _train_baseline("train_ar", ARObjective, 0, True, params, paths, tracker, progress, rank, world_size,
-                           device)
+    def make(backbone: Any) -> torch.nn.Module:
+        return ARObjective(backbone, ce_chunk=params.ar.ce_chunk)
+
+    return _train_baseline("train_ar", make, 0, True, params, paths, tracker, progress, rank, world_size, device)
 
 
 def train_mdlm(
@@ -235,7 +238,7 @@ def train_mdlm(
     from flm.objectives import MDLMObjective
 
     def make(backbone: Any) -> torch.nn.Module:
-        return MDLMObjective(backbone, eps=params.mdlm.eps)
+        return MDLMObjective(backbone, eps=params.mdlm.eps, ce_chunk=params.mdlm.ce_chunk)
 
     return _train_baseline("train_mdlm", make, 1, False, params, paths, tracker, progress, rank, world_size, device)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ __all__ = [
     "LossOutput",
     "ProjectedSpace",
     "at_least_float32",
+    "chunked_soft_cross_entropy",
     "chunked_token_cross_entropy",
     "soft_cross_entropy",
     "token_cross_entropy",
@@ -75,6 +77,53 @@ def chunked_token_cross_entropy(
     return torch.cat(parts).view_as(x)
 
 
+TargetPart = tuple[Tensor, nn.Linear, Tensor]
+"""One term ``w · softmax(head(f))`` of a soft target: features ``f`` ``(B, L, d)``, a head, weights ``w`` ``(B,)``."""
+
+
+def _soft_ce_block(features: Tensor, weight: Tensor, bias: Tensor, *targets: Tensor) -> Tensor:
+    """``-Σ_v q_v log softmax(features Wᵀ + b)_v`` per row with ``q = Σ_i w_i softmax(f_i W_iᵀ + b_i)``.
+
+    ``targets`` holds ``(f_i, W_i, b_i, w_i)`` flattened, all ``(N, ·)`` rows; the target is built
+    without gradient (it is recomputed, not stored, when the block is checkpointed).
+    """
+    with torch.no_grad():
+        q = sum(
+            w[:, None] * at_least_float32(F.linear(f, wt, b)).softmax(-1)
+            for f, wt, b, w in zip(*(iter(targets),) * 4, strict=True)
+        )
+    return soft_cross_entropy(F.linear(features, weight, bias), q)
+
+
+def chunked_soft_cross_entropy(features: Tensor, head: nn.Linear, target: list[TargetPart], chunk: int) -> Tensor:
+    """Soft cross entropy against ``q = Σ_i w_i softmax(head_i(f_i))`` without ``(B, L, V)`` tensors.
+
+    Tokens go ``chunk`` at a time through a checkpointed block that builds that chunk's target
+    probabilities and the student's logits from ``d``-wide features; the backward pass recomputes
+    them. Peak memory is ``O(chunk · V)``; cost: the heads run again in the backward pass.
+    Equal to ``soft_cross_entropy(head(features), q)`` (FMLM distillation, MATH.md §2).
+
+    Args:
+        features: ``(B, L, d)`` the trained head's input.
+        head: the trained output projection ``d → V``.
+        target: the terms of ``q`` (targets carry no gradient; a trained head is detached here).
+        chunk: tokens per chunk.
+
+    Returns:
+        ``(B, L)`` per-token cross entropy.
+    """
+    shape = features.shape[:-1]
+    flat = features.flatten(0, 1)
+    terms = [(f.flatten(0, 1), h.weight.detach(), h.bias.detach(), w[:, None].expand(shape).flatten().to(f.dtype))
+             for f, h, w in target]
+    parts = []
+    for start in range(0, flat.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        args = [arg for f, wt, b, w in terms for arg in (f[rows], wt, b, w[rows])]
+        parts.append(checkpoint(_soft_ce_block, flat[rows], head.weight, head.bias, *args, use_reentrant=False))
+    return torch.cat(parts).view(shape)
+
+
 def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     """``-Σ_v target_v log softmax(logits)_v`` per token: ``(B, L, V)`` x2 → ``(B, L)``."""
     logp = F.log_softmax(at_least_float32(logits), dim=-1)
@@ -90,7 +139,11 @@ class ProjectedSpace:
 
     def __init__(self, embedding: Tensor) -> None:
         self.embedding = embedding
-        self.factor = noise_factor(embedding)
+
+    @cached_property
+    def factor(self) -> Tensor:
+        """The noise factor ``F`` of ``E`` (a QR when ``V > d``), computed on first use: ``lift`` needs none."""
+        return noise_factor(self.embedding)
 
     def noise(self, shape: tuple[int, int], generator: torch.Generator | None = None) -> Tensor:
         """``(B, L, d)`` projected Gaussian noise ``ξF``."""

@@ -31,7 +31,13 @@ from flm.flow import (
     uniform_grid,
 )
 from flm.model import DiT
-from flm.objectives.common import LossOutput, ProjectedSpace, at_least_float32, soft_cross_entropy
+from flm.objectives.common import (
+    LossOutput,
+    ProjectedSpace,
+    at_least_float32,
+    chunked_soft_cross_entropy,
+    soft_cross_entropy,
+)
 
 __all__ = ["FMLMDistillation", "split_sizes"]
 
@@ -52,10 +58,14 @@ class FMLMDistillation(nn.Module):
         teacher: one-time DiT (``n_times = 1``); frozen here.
         diag_fraction: share of diagonal rows (paper: 1/2).
         boundary_fraction: share of ``(0, 1)`` rows (paper: 1/64).
+        ce_chunk: if > 0, the loss runs the output heads (student, teacher targets, semigroup
+            targets and the midpoint lift) this many tokens at a time, so no ``(B, L, V)`` tensor
+            exists (:func:`~flm.objectives.common.chunked_soft_cross_entropy`).
     """
 
     def __init__(
-        self, student: DiT, teacher: DiT, diag_fraction: float = 0.5, boundary_fraction: float = 1 / 64
+        self, student: DiT, teacher: DiT, diag_fraction: float = 0.5, boundary_fraction: float = 1 / 64,
+        ce_chunk: int = 0,
     ) -> None:
         super().__init__()
         if student.config.n_times != 2 or teacher.config.n_times != 1:
@@ -64,13 +74,16 @@ class FMLMDistillation(nn.Module):
             raise ValueError("student and teacher vocabularies differ")
         if not 0.0 <= diag_fraction <= 1.0 or not 0.0 <= boundary_fraction <= 1.0:
             raise ValueError("diag_fraction and boundary_fraction must lie in [0, 1]")
+        if ce_chunk < 0:
+            raise ValueError(f"ce_chunk must be >= 0, got {ce_chunk}")
         self.student = student
         self.teacher = teacher.requires_grad_(False).eval()
+        self.ce_chunk = ce_chunk
         self.schedule = TimeSchedule(student.config.vocab_size)
         self.diag_fraction, self.boundary_fraction = diag_fraction, boundary_fraction
 
     @classmethod
-    def from_teacher(cls, teacher: DiT, **kwargs: float) -> FMLMDistillation:
+    def from_teacher(cls, teacher: DiT, **kwargs: float | int) -> FMLMDistillation:
         """Student = teacher's weights (pass the EMA copy) plus a zero-initialized second time
         embedding, so ``δ_θ(z; τ, τ') = p^T(z, τ)`` exactly at step 0."""
         student = DiT(teacher.config.replace(n_times=2)).to(teacher.embedding.device, teacher.embedding.dtype)
@@ -116,13 +129,16 @@ class FMLMDistillation(nn.Module):
         n_diag = split_sizes(x.shape[0], self.diag_fraction, self.boundary_fraction)[0]
         gamma_s = self.schedule.gamma(tau_s)
         h_s = projected_state(x, gamma_s, noise_s, self.student.embedding)
-        logits = self.student(h_s, tau_s, tau_t)
-        with torch.no_grad():
-            target = torch.cat([
-                self._teacher_target(x[:n_diag], gamma_s[:n_diag], tau_s[:n_diag], noise_t[:n_diag]),
-                self._semigroup_target(h_s[n_diag:], tau_s[n_diag:], tau_t[n_diag:]),
-            ])
-        ce = soft_cross_entropy(logits, target)
+        if self.ce_chunk:
+            ce = self._chunked_ce(x, h_s, gamma_s, tau_s, tau_t, noise_t, n_diag)
+        else:
+            logits = self.student(h_s, tau_s, tau_t)
+            with torch.no_grad():
+                target = torch.cat([
+                    self._teacher_target(x[:n_diag], gamma_s[:n_diag], tau_s[:n_diag], noise_t[:n_diag]),
+                    self._semigroup_target(h_s[n_diag:], tau_s[n_diag:], tau_t[n_diag:]),
+                ])
+            ce = soft_cross_entropy(logits, target)
         parts = {"ce_diag": ce[:n_diag], "ce_off": ce[n_diag:]}
         metrics = {name: part.detach().mean() for name, part in parts.items() if part.numel()}
         return LossOutput(ce.mean(), metrics)
@@ -139,6 +155,41 @@ class FMLMDistillation(nn.Module):
         h_u = flow_map(h_s, ProjectedSpace(self.student.embedding).lift(d_su), s, u)
         d_ut = self.denoise(h_u, tau_u, tau_t)
         return semigroup_target(d_su, d_ut, semigroup_weight(s, u, t))
+
+    def _chunked_ce(
+        self, x: Tensor, h_s: Tensor, gamma_s: Tensor, tau_s: Tensor, tau_t: Tensor, noise_t: Tensor, n_diag: int
+    ) -> Tensor:
+        """The per-token loss ``(B, L)`` of :meth:`loss` with ``V``-wide tensors ``ce_chunk`` tokens at a time.
+
+        The networks run to their ``d``-wide features; every head (and the midpoint's lift
+        ``δ_{s,u} E``) runs chunk by chunk: diagonal rows against ``softmax(head_T(f_T))``,
+        off-diagonal rows against ``λ softmax(head_S(f_su)) + (1-λ) softmax(head_S(f_ut))``.
+        """
+        student, chunk = self.student, self.ce_chunk
+        feats = student.features(h_s, tau_s, tau_t)
+        ones = torch.ones(n_diag, dtype=feats.dtype, device=feats.device)
+        with torch.no_grad():
+            h_t = projected_state(x[:n_diag], gamma_s[:n_diag], noise_t[:n_diag], self.teacher.embedding)
+            f_t = self.teacher.features(h_t, tau_s[:n_diag])
+            h_s_off, ts, tt = h_s[n_diag:], tau_s[n_diag:], tau_t[n_diag:]
+            tu = 0.5 * (ts + tt)
+            s, u, t = self.schedule.gamma(ts), self.schedule.gamma(tu), self.schedule.gamma(tt)
+            f_su = student.features(h_s_off, ts, tu)
+            h_u = flow_map(h_s_off, self._chunked_lift(f_su), s, u)
+            f_ut = student.features(h_u, tu, tt)
+            lam = semigroup_weight(s, u, t).to(feats.dtype)
+        diag = chunked_soft_cross_entropy(feats[:n_diag], student.head, [(f_t, self.teacher.head, ones)], chunk)
+        off = chunked_soft_cross_entropy(
+            feats[n_diag:], student.head, [(f_su, student.head, lam), (f_ut, student.head, 1 - lam)], chunk
+        )
+        return torch.cat([diag, off])
+
+    def _chunked_lift(self, features: Tensor) -> Tensor:
+        """``softmax(head_S(f)) E_S`` ``(B, L, d)`` from features ``(B, L, d)``, ``ce_chunk`` tokens at a time."""
+        lift = ProjectedSpace(self.student.embedding).lift
+        flat = features.flatten(0, 1)
+        parts = [lift(at_least_float32(self.student.head(f)).softmax(-1)) for f in flat.split(self.ce_chunk)]
+        return torch.cat(parts).view_as(features)
 
     # ---------------------------------------------------------------- sampling
     def denoise(self, h: Tensor, tau_s: Tensor, tau_t: Tensor) -> Tensor:

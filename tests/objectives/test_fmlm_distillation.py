@@ -9,6 +9,7 @@ from flm.flow import flow_map_sample, uniform_grid
 from flm.model import DiT, DiTConfig
 from flm.objectives import FLMObjective, FMLMDistillation, split_sizes
 from tests.conftest import gen
+from tests.objectives.vwide import VWideProbe
 
 V, L, D = 97, 10, 16
 
@@ -116,3 +117,42 @@ def test_bad_arguments() -> None:
         FMLMDistillation(teacher, teacher)
     with pytest.raises(ValueError, match="fraction"):
         FMLMDistillation.from_teacher(teacher, diag_fraction=1.5)
+    with pytest.raises(ValueError, match="ce_chunk"):
+        FMLMDistillation.from_teacher(teacher, ce_chunk=-1)
+
+
+def _distill_pair(chunk: int, dtype: torch.dtype = torch.float64) -> tuple[FMLMDistillation, FMLMDistillation]:
+    """The same student and teacher twice, the second with ``ce_chunk``; the student's second time
+    embedding is randomized so the semigroup target differs from the teacher's."""
+    full = FMLMDistillation.from_teacher(_teacher(dtype))
+    with torch.no_grad():
+        for p in full.student.time_embed_2.parameters():
+            p.normal_(0, 0.3)
+    chunked = FMLMDistillation.from_teacher(_teacher(dtype), ce_chunk=chunk)
+    chunked.student.load_state_dict(full.student.state_dict())
+    return full, chunked
+
+
+def test_chunked_distillation_equals_full_loss_and_gradients() -> None:
+    full, chunked = _distill_pair(7)  # 7 divides neither the diagonal nor the off-diagonal tokens
+    x = torch.randint(0, V, (16, L), generator=gen(20))
+    a, b = full(x, gen(21)), chunked(x, gen(21))
+    assert torch.allclose(a.loss, b.loss, atol=1e-12)
+    for name in ("ce_diag", "ce_off"):
+        assert torch.allclose(a.metrics[name], b.metrics[name], atol=1e-12)
+    grads_a = torch.autograd.grad(a.loss, list(full.student.parameters()))
+    grads_b = torch.autograd.grad(b.loss, list(chunked.student.parameters()))
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        assert torch.allclose(ga, gb, atol=1e-10)
+
+
+def test_chunked_distillation_never_holds_all_logits() -> None:
+    _, chunked = _distill_pair(8, torch.float32)
+    x = torch.randint(0, V, (8, L))
+    probe = VWideProbe(V, 9)  # every V-wide tensor of more than one chunk of rows
+    with probe:
+        chunked(x, gen(22)).loss.backward()
+    assert [e for e in probe.events if e[1] not in {(D, V), (V, D)}] == []
+    with VWideProbe(V, 8) as probe:  # and the chunks do happen
+        chunked(x, gen(22)).loss.backward()
+    assert probe.events
