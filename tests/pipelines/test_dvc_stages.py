@@ -62,7 +62,8 @@ def test_each_training_stage_lists_exactly_its_params_sections() -> None:
 
 
 def run(repo: Path, *args: str, env: dict[str, str]) -> str:
-    done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False)
+    # generous: `dvc repro` trains five tiny stages in one call (160 s idle; over 300 s under strace)
+    done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=1200, check=False)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
 
