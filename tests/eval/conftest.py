@@ -1,17 +1,6 @@
 """The eval tests run on one intra-op thread; the session's SmolLM2 judge is ``smollm2`` (tests/conftest.py)."""
 
-from __future__ import annotations
-
-from collections.abc import Iterator
-
-import pytest
-
 from tests.conftest import LoadedJudge, one_thread
+from tests.threads import _one_thread
 
-__all__ = ["LoadedJudge", "one_thread"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+__all__ = ["LoadedJudge", "_one_thread", "one_thread"]

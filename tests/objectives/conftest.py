@@ -1,16 +1,5 @@
 """The objectives' tests run tiny models: one intra-op thread (more only add contention on a busy machine)."""
 
-from __future__ import annotations
+from tests.threads import _one_thread
 
-from collections.abc import Iterator
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+__all__ = ["_one_thread"]

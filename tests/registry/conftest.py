@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from flm.environment import TELEMETRY_OFF
+from tests.threads import _one_thread  # noqa: F401  (this directory's autouse fixture)
 
 from .helpers import tiny_checkpoint
 
@@ -46,14 +47,3 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("checkpoints")
     return {"flm": tiny_checkpoint(root / "flm", VOCAB, n_times=1, seed=1),
             "fmlm": tiny_checkpoint(root / "fmlm", VOCAB, n_times=2, seed=2)}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny models gain nothing from more on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from flm.config import BPETokenizer, FilesSource, PackingParams, TrainParams
+from tests.threads import _one_thread  # noqa: F401  (this directory's autouse fixture)
 
 OFFLINE_ENV = {
     "DO_NOT_TRACK": "true",
@@ -31,17 +32,6 @@ def _offline_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
         yield
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny models gain nothing from more, and lose 10x on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
