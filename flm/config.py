@@ -27,11 +27,71 @@ BASE_PROFILE = "laptop"
 """The profile name meaning "the file's top level as written, no overlay"."""
 
 PackagedCorpusName = Literal["bbc_news", "wikipedia", "shakespeare"]
-TOKENIZER_KINDS = ("bpe", "gpt2", "hf:NAME")
+TOKENIZER_KINDS = ("bpe", "char", "gpt2", "hf:NAME")
+
+SEED_MAX = 2**32 - 1
+"""Largest seed accepted (seeds lie in ``[0, 2**32 - 1]``, the range every generator here takes)."""
+PositiveInt = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 class ConfigError(ValueError):
     """``params.yaml`` is unreadable or invalid; the message names the file, profile and key."""
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping gives the same key twice; the message names its dotted path and both lines."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a mapping key given twice (plain YAML silently keeps the last).
+
+    ``yaml.load(text, Loader=UniqueKeyLoader)`` raises :class:`DuplicateKeyError`, e.g.
+    ``duplicate key train.lr at line 40 (first at line 34)``. Keys brought in by a merge (``<<``) may
+    still be overridden, as YAML intends.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        """Check ``node``'s mappings for duplicate keys, then build the document as ``SafeLoader`` does."""
+        _reject_duplicate_keys(node)
+        return super().construct_document(node)
+
+
+def _reject_duplicate_keys(root: yaml.Node) -> None:
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    visited: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in visited:  # an alias: checked where its anchor is
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    stack.append((value_node, path))
+                    continue
+                name = f"{path}.{key_node.value}" if path else str(key_node.value)
+                line = key_node.start_mark.line + 1
+                if isinstance(key_node, yaml.ScalarNode):
+                    if (key_node.tag, key_node.value) in first:
+                        first_line = first[key_node.tag, key_node.value]
+                        raise DuplicateKeyError(f"duplicate key {name} at line {line} (first at line {first_line})")
+                    first[key_node.tag, key_node.value] = line
+                stack.append((value_node, name))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{index}]") for index, item in enumerate(node.value))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error (PyYAML's own text spans several lines with a snippet)."""
+    if isinstance(err, DuplicateKeyError):
+        return str(err)
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"not valid YAML: {err.problem}{where}"
+    return "not valid YAML: " + " ".join(str(err).split())
 
 
 class Frozen(BaseModel):
@@ -153,7 +213,18 @@ class HFTokenizer(Frozen):
     pad: str | None = None
 
 
-Tokenizer = Annotated[BPETokenizer | GPT2Tokenizer | HFTokenizer, Field(discriminator="kind")]
+class CharTokenizer(Frozen):
+    """One id per printable ASCII character (95 symbols) plus the separator and padding: ``V = 97``.
+
+    Text is normalized first (NFKD, accents and other non-ASCII dropped, every run of white space one
+    space), so the vocabulary never depends on the corpus. The small-vocabulary kind of the laptop
+    profile: a flow over 97 symbols learns real structure in minutes on a CPU (docs/TRAINING.md).
+    """
+
+    kind: Literal["char"] = "char"
+
+
+Tokenizer = Annotated[BPETokenizer | GPT2Tokenizer | HFTokenizer | CharTokenizer, Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------- data.packing
@@ -181,7 +252,7 @@ class DataParams(Frozen):
         """Accept the short spellings ``bpe``, ``gpt2`` and ``hf:NAME``."""
         if not isinstance(value, str):
             return value
-        if value in ("bpe", "gpt2"):
+        if value in ("bpe", "gpt2", "char"):
             return {"kind": value}
         if value.startswith("hf:") and len(value) > 3:
             return {"kind": "hf", "name": value[3:]}
@@ -217,6 +288,8 @@ class ModelParams(Frozen):
     def _check_heads(self) -> ModelParams:
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"d_model={self.d_model} / n_heads={self.n_heads} must be a whole, even head width")
+        if self.time_freq_dim % 2:
+            raise ValueError(f"time_freq_dim={self.time_freq_dim} must be even (cosines and sines)")
         return self
 
     def dit_config(self, vocab_size: int, n_times: int = 1) -> Any:
@@ -261,8 +334,8 @@ class LoopParams(Frozen):
     """Checkpoints kept on disk (older ones are deleted)."""
     log_every: int = Field(10, ge=1)
     """Training metrics sent to the tracker every this many steps."""
-    seed: int = 0
-    """Seed of the batch order, the initial weights and the objective's noise."""
+    seed: Seed = 0
+    """Seed of the batch order, the initial weights and the objective's noise (``0 ... 2**32 - 1``)."""
     compile: bool = False
     """``torch.compile`` the backbone (GPU runs)."""
     ce_chunk: int = Field(0, ge=0)
@@ -273,8 +346,8 @@ class LoopParams(Frozen):
     """bf16 autocast on CUDA (ignored on CPU, which always runs float32)."""
     sample_n: int = Field(4, ge=0)
     """Sequences sampled at each validation (decoded into the tracker; 0: none)."""
-    sample_steps: tuple[int, ...] = Field((64,), min_length=1)
-    """Sampler steps (NFE) for those snapshots, one snapshot per entry."""
+    sample_steps: tuple[PositiveInt, ...] = Field((64,), min_length=1)
+    """Sampler steps (NFE, each >= 1) for those snapshots, one snapshot per entry."""
 
     @model_validator(mode="after")
     def _check_batch(self) -> LoopParams:
@@ -303,8 +376,17 @@ class DistillParams(LoopParams):
     diag_fraction: float = Field(0.5, ge=0.0, le=1.0)
     """Share of each batch on the diagonal ``τ_s = τ_t`` (teacher targets)."""
     boundary_fraction: float = Field(1 / 64, ge=0.0, le=1.0)
-    """Share of each batch at ``(τ_s, τ_t) = (0, 1)``."""
-    sample_steps: tuple[int, ...] = Field((1, 4), min_length=1)
+    """Share of each batch at ``(τ_s, τ_t) = (0, 1)``; with ``diag_fraction`` at most 1 (the rest is
+    off-diagonal)."""
+    sample_steps: tuple[PositiveInt, ...] = Field((1, 4), min_length=1)
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> DistillParams:
+        if self.diag_fraction + self.boundary_fraction > 1:
+            raise ValueError(
+                f"diag_fraction={self.diag_fraction:g} + boundary_fraction={self.boundary_fraction:g} exceeds 1"
+            )
+        return self
 
 
 class ARParams(LoopParams):
@@ -312,7 +394,7 @@ class ARParams(LoopParams):
 
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(32, ge=1)
-    sample_steps: tuple[int, ...] = Field((1,), min_length=1)
+    sample_steps: tuple[PositiveInt, ...] = Field((1,), min_length=1)
     """Ignored by the AR sampler (it always makes ``L`` network calls); one entry = one snapshot."""
 
 
@@ -327,6 +409,11 @@ class MDLMParams(LoopParams):
 
 EvalModelName = Literal["flm", "fmlm", "mdlm", "ar"]
 JUDGE_KINDS = ("smollm2", "hf:NAME")
+HUB_JUDGE_REVISIONS = {
+    "gpt2-large": "212095d5832abbf9926672e1c1e8d14312a3be20",
+    "openai-community/gpt2-large": "212095d5832abbf9926672e1c1e8d14312a3be20",
+}
+"""The Hub commit each known ``hf:`` judge is read at unless ``eval.judge_revision`` says otherwise."""
 
 
 class EvalParams(Frozen):
@@ -339,27 +426,31 @@ class EvalParams(Frozen):
     judge: str = "smollm2"
     """The judge LM: ``smollm2`` (offline, packaged), ``hf:NAME`` (``hf:gpt2-large``, the paper's) or
     ``ar:CHECKPOINT_DIR`` (the pipeline's own AR model, e.g. ``ar:models/ar``, relative to the project)."""
+    judge_revision: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")
+    """The Hub commit (40 hex digits) an ``hf:NAME`` judge's weights and tokenizer are read at, so the
+    same name always scores with the same model. Default: the pinned commit of ``hf:gpt2-large``
+    (``HUB_JUDGE_REVISIONS``); required for any other ``hf:`` judge; only for ``hf:`` judges."""
     models: tuple[EvalModelName, ...] = Field(("flm", "fmlm", "mdlm", "ar"), min_length=1)
     """Models evaluated, each read from ``models/<name>`` (a DVC dependency)."""
     n_samples: int = Field(16, ge=2)
     """Sequences sampled per (model, NFE, variant), and held-out blocks in the reference row."""
-    seed: int = 0
-    """Seed of the samples' noise, the reference blocks and the bootstrap."""
+    seed: Seed = 0
+    """Seed of the samples' noise, the reference blocks and the bootstrap (``0 ... 2**32 - 1``)."""
     batch_size: int = Field(16, ge=1)
     """Sequences sampled (and judged) per chunk."""
     n_boot: int = Field(1000, ge=10)
     """Bootstrap resamples of the Gen PPL confidence interval (95 %)."""
     max_nfe: int = Field(128, ge=1)
     """Largest NFE of FLM and MDLM (a power of two; the paper: 1024)."""
-    fmlm_nfe: tuple[int, ...] = Field((1, 2, 4, 8), min_length=1)
-    """FMLM's NFEs (flow-map jumps)."""
+    fmlm_nfe: tuple[PositiveInt, ...] = Field((1, 2, 4, 8), min_length=1)
+    """FMLM's NFEs (flow-map jumps), each >= 1, no repeats."""
     fmlm_renoise: float = Field(0.8, gt=0.0, le=1.0)
     """Re-noising strength ``g`` of FMLM's re-noised variant (MATH.md §2)."""
     n_show: int = Field(3, ge=0)
     """Sample texts kept per row in the report."""
     promote_nfe: int = Field(8, ge=1)
     """The NFE whose Gen PPL decides promotion (AR: its only row); must be evaluated for every model."""
-    entropy_floor: float = Field(0.8, ge=0.0, le=1.0)
+    entropy_floor: float = Field(0.8, gt=0.0, le=1.0)
     """A *fraction* of the held-out text's mean entropy: a version whose entropy at ``promote_nfe``
     is below ``entropy_floor x reference entropy`` is never promoted (degenerate, repetitive text)."""
 
@@ -370,14 +461,27 @@ class EvalParams(Frozen):
             raise ValueError(f"unknown judge {value!r}; known: {', '.join(JUDGE_KINDS)}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pin_judge(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("judge_revision") is None:
+            judge = data.get("judge")
+            if isinstance(judge, str) and judge.startswith("hf:") and judge[3:] in HUB_JUDGE_REVISIONS:
+                data = {**data, "judge_revision": HUB_JUDGE_REVISIONS[judge[3:]]}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> EvalParams:
+        if self.judge.startswith("hf:") and self.judge_revision is None:
+            raise ValueError(f"judge_revision: set the Hub commit (40 hex digits) to read judge {self.judge!r} at")
+        if not self.judge.startswith("hf:") and self.judge_revision is not None:
+            raise ValueError(f"judge_revision is for hf:NAME judges only, not judge {self.judge!r}")
         if self.max_nfe & (self.max_nfe - 1):
             raise ValueError(f"max_nfe={self.max_nfe} must be a power of two")
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models {list(self.models)} has duplicates")
-        if min(self.fmlm_nfe) < 1:
-            raise ValueError(f"fmlm_nfe {list(self.fmlm_nfe)} must be positive")
+        if len(set(self.fmlm_nfe)) != len(self.fmlm_nfe):
+            raise ValueError(f"fmlm_nfe {list(self.fmlm_nfe)} has duplicates")
         grids = {"flm": self.nfe_grid, "mdlm": self.nfe_grid, "fmlm": self.fmlm_nfe}
         missing = [name for name in self.models if name in grids and self.promote_nfe not in grids[name]]
         if missing:
@@ -416,6 +520,24 @@ class Params(Frozen):
     eval: EvalParams = EvalParams()
     cluster: ClusterParams = ClusterParams()
 
+    @model_validator(mode="after")
+    def _check_batches(self) -> Params:
+        problem = self.batch_split_problem(self.cluster.workers)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def batch_split_problem(self, workers: int) -> str | None:
+        """Why ``workers`` data-parallel workers cannot share every training section's global batch
+        (each worker takes ``batch_size / workers`` sequences in ``grad_accum`` micro-batches); ``None``
+        if they can (``workers = 0`` trains in-process, like one worker)."""
+        for name in ("train", "distill", "ar", "mdlm"):
+            loop: LoopParams = getattr(self, name)
+            if loop.batch_size % (max(workers, 1) * loop.grad_accum):
+                return (f"{name}.batch_size={loop.batch_size} is not divisible by cluster.workers x "
+                        f"{name}.grad_accum = {workers} x {loop.grad_accum}")
+        return None
+
 
 def merge_overlay(base: Any, overlay: Any) -> Any:
     """Merge a profile overlay into a base tree (mappings with a ``kind`` key replace whole)."""
@@ -428,10 +550,16 @@ def merge_overlay(base: Any, overlay: Any) -> Any:
 
 
 def _format(error: ValidationError) -> str:
+    """One line: ``loc: message`` per error, leaving out an error on a container of a failed element."""
+    items = error.errors()
+    locs = [tuple(str(part) for part in item["loc"] if not str(part).startswith("function-")) for item in items]
     lines = []
-    for item in error.errors():
-        loc = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-"))
-        lines.append(f"{loc or '<top>'}: {item['msg']}")
+    for item, parts in zip(items, locs, strict=True):
+        if any(len(other) > len(parts) and other[: len(parts)] == parts for other in locs):
+            continue  # e.g. "sample_steps: too short" after "sample_steps.0: must be >= 1"
+        loc = ".".join(parts)
+        message = " ".join(item["msg"].removeprefix("Value error, ").split())
+        lines.append(f"{loc}: {message}" if loc else message)
     return "; ".join(lines)
 
 
@@ -469,7 +597,7 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
     except OSError as err:
         raise ConfigError(f"cannot read parameter file {path}: {err.strerror or err}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: safe
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: {_yaml_problem(err)}") from None
     return params_from_dict(raw if raw is not None else {}, profile=profile, origin=str(path))

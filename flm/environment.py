@@ -13,19 +13,24 @@ Ray job's driver, the Prefect server launcher) calls :func:`hermetic` first. It 
 * ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` unless set: a Ray *driver* then takes 127.0.0.1 as its
   address before it joins a node, instead of connecting a socket to ``8.8.8.8`` to find one. Ray
   reads it once, when first imported, so call :func:`hermetic` before ``import ray``. Never pass
-  it to ``ray start`` of a worker node (it refuses to join a cluster with it).
+  it to ``ray start`` of a worker node (it refuses to join a cluster with it);
+* ``RAY_TMPDIR`` under the state directory (``<state>/ray``), unless set: Ray Train's lock files
+  (``_ray_lockfiles``) and Ray's default temporary directory go there instead of ``/tmp``. Every
+  process Ray starts from this one inherits it.
 
 :func:`tool_home` makes the directory Ray's processes use as ``HOME``: it holds
 ``ray_bootstrap_config.yaml`` (``provider: {type: local}``), without which Ray's dashboard probes
-cloud-metadata addresses at start, and receives Ray's ``~/.ray/auth_token``.
+cloud-metadata addresses at start, and Ray's token ``.ray/auth_token``, which :func:`ray_token` creates
+readable by its owner only (mode 0600, in a 0700 folder; a token Ray writes itself is world-readable).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
-__all__ = ["TELEMETRY_OFF", "hermetic", "tool_home"]
+__all__ = ["TELEMETRY_OFF", "hermetic", "ray_token", "tool_home"]
 
 TELEMETRY_OFF: dict[str, str] = {
     "DO_NOT_TRACK": "true",
@@ -55,6 +60,7 @@ def hermetic(state_dir: str | Path = ".state") -> Path:
         "TRITON_CACHE_DIR": state / "torch" / "triton",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_TMPDIR": state / "ray",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, str(value))
@@ -65,11 +71,41 @@ def tool_home(state_dir: str | Path = ".state") -> Path:
     """``<state>/home``: a ``HOME`` for Ray's processes, holding ``ray_bootstrap_config.yaml``.
 
     With that file present Ray's dashboard takes the cluster for a local one and makes no
-    cloud-metadata request; Ray also writes its token (``.ray/auth_token``) here instead of ``~``.
+    cloud-metadata request. Ray reads its token (``.ray/auth_token``, made by :func:`ray_token`)
+    here instead of ``~``.
     """
     home = Path(state_dir).resolve() / "home"
     home.mkdir(parents=True, exist_ok=True)
     bootstrap = home / BOOTSTRAP
     if not bootstrap.is_file():
         bootstrap.write_text("provider: {type: local}\n", encoding="utf-8")
+    ray_token(home)
     return home
+
+
+def ray_token(home: str | Path) -> Path:
+    """``<home>/.ray/auth_token``, Ray's authentication token file, readable by its owner only.
+
+    A missing token is created with mode 0600 (never world-readable, not even for an instant) in a
+    0700 folder, 256 random bits as Ray makes them, so Ray finds it instead of writing its own file
+    with the default mode (0644). An existing token keeps its value; group and other permissions on
+    it are removed.
+    """
+    folder = Path(home) / ".ray"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = folder / "auth_token"
+    if token.exists():
+        if token.stat().st_mode & 0o077:
+            token.chmod(0o600)
+        return token
+    draft = folder / f".auth_token.{os.getpid()}"
+    draft.unlink(missing_ok=True)
+    with os.fdopen(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as out:
+        out.write(secrets.token_hex(32))
+    try:
+        os.link(draft, token)  # publishes the complete file; never replaces a token another process made
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
+    return token

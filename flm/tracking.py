@@ -4,7 +4,8 @@ The training loop only knows the :class:`Tracker` protocol. :func:`make_tracker`
 MLflow one; it switches MLflow's telemetry off in the environment *before* importing mlflow
 (nothing happens at import time of this module). Default store: a sqlite database at
 ``<state>/mlflow/mlflow.db`` with artifacts under ``<state>/mlflow/artifacts``; the environment
-variable ``MLFLOW_TRACKING_URI`` (or the ``tracking_uri`` argument) points at a server instead.
+variable ``MLFLOW_TRACKING_URI`` (or the ``tracking_uri`` argument) points at a server instead;
+:func:`check_reachable` makes an unreachable server an error in seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["MLflowTracker", "NullTracker", "Tracker", "default_tracking_uri", "flatten", "make_tracker"]
+__all__ = [
+    "MLflowTracker", "NullTracker", "Tracker", "check_reachable", "check_store", "default_tracking_uri", "flatten",
+    "make_tracker",
+]
 
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
@@ -141,6 +145,54 @@ def default_tracking_uri(state_dir: str | Path = ".state") -> str:
     return f"sqlite:///{(Path(state_dir) / 'mlflow' / 'mlflow.db').resolve()}"
 
 
+def check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """Fail in seconds when ``uri`` is an MLflow server that does not answer; local stores pass.
+
+    MLflow itself retries a dead server for minutes and then reports the model or run as missing;
+    this probe (``GET <uri>/health``, ``timeout`` seconds) runs first. Any HTTP answer except a
+    gateway's 502/503/504 counts as reachable (a server asking for credentials is there).
+
+    Raises:
+        flm.errors.UnreachableError: no answer; the message names the URI.
+    """
+    import urllib.error
+    import urllib.request
+
+    from flm.errors import UnreachableError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = f"{uri.rstrip('/')}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read(256)
+    except urllib.error.HTTPError as err:
+        if err.code in (502, 503, 504):
+            raise UnreachableError(f"MLflow tracking server {uri} is unreachable (HTTP {err.code} from {url})") \
+                from None
+    except (OSError, ValueError) as err:  # URLError, timeouts and refused connections are OSErrors
+        reason = getattr(err, "reason", None) or err
+        raise UnreachableError(f"MLflow tracking server {uri} is unreachable (GET {url}: {reason})") from None
+
+
+def check_store(uri: str) -> None:
+    """Before reading a store: a server must answer (:func:`check_reachable`), a sqlite database must exist.
+
+    Reading never creates a store: MLflow would create an empty sqlite database (and tables) at
+    the path of a mistyped URI or of a directory that is not the project.
+
+    Raises:
+        flm.errors.UnreachableError: a server that does not answer.
+        flm.errors.UsageError: no such sqlite database; the message names its path.
+    """
+    from flm.errors import UsageError
+
+    check_reachable(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (no such database: nothing was "
+                         f"tracked there)")
+
+
 def make_tracker(
     experiment: str,
     run_name: str | None = None,
@@ -158,6 +210,7 @@ def make_tracker(
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or default_tracking_uri(state_dir)
+    check_reachable(uri)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flm.config import ConfigError, Params, load_params
-from flm.data.atomic import write_json_atomic
-from flm.data.errors import DataError
+from flm.data.atomic import check_output_dir, write_json_atomic
+from flm.data.errors import DataError, OutputError
 
 
 def corpus(params: Params, args: argparse.Namespace) -> None:
@@ -63,6 +63,23 @@ def pack(params: Params, args: argparse.Namespace) -> None:
     )
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: ``--out`` must be missing or a previous output of the stage's kind, ``--metrics`` no folder.
+
+    Raises:
+        OutputError: either path holds something else (:func:`flm.data.atomic.check_output_dir`).
+    """
+    from flm.data.corpus import CORPUS_FORMAT
+    from flm.data.packing import TOKENS_FORMAT
+    from flm.data.tokenizer import TOKENIZER_FORMAT
+
+    formats = {"corpus": CORPUS_FORMAT, "tokenizer": TOKENIZER_FORMAT, "pack": TOKENS_FORMAT}
+    check_output_dir(args.out, "meta.json", formats[args.stage])
+    metrics = getattr(args, "metrics", None)
+    if metrics is not None and Path(metrics).is_dir():
+        raise OutputError(f"{metrics}: is a directory; refusing to replace it with a JSON file")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines.data_stages", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
@@ -89,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HOME", str(Path(".state/hf").resolve()))
     try:
         params = load_params(args.params, profile=args.profile)
+        check_outputs(args)
         {"corpus": corpus, "tokenizer": tokenizer, "pack": pack}[args.stage](params, args)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

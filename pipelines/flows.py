@@ -69,13 +69,18 @@ def run_training(
         ``model_version`` (registered version, or ``None``).
     """
     from flm.data.atomic import atomic_dir, write_json_atomic
-    from flm.distributed import RayJobSpec, run_stage
+    from flm.distributed import RayJobSpec, check_local_resources, run_stage
     from flm.environment import hermetic
     from flm.tracking import default_tracking_uri, make_tracker
+    from flm.train.checkpoint import FORMAT as CHECKPOINT_FORMAT
     from pipelines import train_stages
     from pipelines.lineage import lineage_tags, prefect_flow_run_id
 
     root = Path(root).resolve()
+    train_stages.preflight(stage, root)  # outputs and the teacher, before Ray and MLflow start
+    cluster = params.cluster  # before Ray and MLflow start: the local machine must hold the workers
+    check_local_resources(cluster.workers if workers is None else workers, cluster.cpus_per_worker,
+                          cluster.gpus_per_worker, ray_address)
     state = hermetic(root / ".state")
     name = MODEL_NAMES[stage]
     uri = default_tracking_uri(state)
@@ -108,7 +113,7 @@ def run_training(
         outcome = run_stage(stage_fn, params, spec, tracking_uri=uri, run_id=child.run_id, state_dir=state)
 
         final = root / "models" / name
-        with atomic_dir(final) as tmp:
+        with atomic_dir(final, "checkpoint.json", CHECKPOINT_FORMAT) as tmp:
             outcome.checkpoint.to_directory(str(tmp))
         metrics = {k: v for k, v in outcome.metrics.items() if k != "world_size"}
         metrics_file = root / "metrics" / f"{name}.json"
@@ -228,13 +233,15 @@ def promote(
     from mlflow import MlflowClient
 
     from flm.registry.promote import promote as decide
-    from flm.tracking import default_tracking_uri
+    from flm.tracking import check_store, default_tracking_uri
 
+    uri = default_tracking_uri(state)
+    check_store(uri)
     rule: dict[str, Any] = {}
     if metric == "gen_ppl":
         spec = resolve_params(params, str(Path(root) / params_file), profile).eval
         rule = {"nfe": spec.promote_nfe, "entropy_floor": spec.entropy_floor}
-    decision = decide(MlflowClient(default_tracking_uri(state)), model, version, metric, lower_is_better, **rule)
+    decision = decide(MlflowClient(uri), model, version, metric, lower_is_better, **rule)
     _log(f"promote {model} v{decision.candidate}: {'promoted' if decision.promoted else 'refused'} ({decision.reason})")
     return {"promoted": decision.promoted, "version": decision.candidate, "reason": decision.reason,
             "champion_before": decision.champion_before}

@@ -34,11 +34,12 @@ from typing import Any
 import torch
 
 from flm.config import ConfigError, Params, load_params
-from flm.data.atomic import atomic_dir, write_json_atomic
+from flm.data.atomic import atomic_dir, check_output_dir, project_marker, write_json_atomic
 from flm.data.blocks import TokenBlocks
-from flm.data.errors import DataError
+from flm.data.errors import DataError, OutputError
 from flm.tracking import NullTracker, Tracker, make_tracker
-from flm.train.checkpoint import load_backbone, read_meta
+from flm.train.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from flm.train.checkpoint import load_backbone, read_meta, require_kind
 from flm.train.loop import LoopResult, train_loop
 
 MODEL_NAMES = {"train_flm": "flm", "distill_fmlm": "fmlm", "train_ar": "ar", "train_mdlm": "mdlm"}
@@ -72,6 +73,37 @@ def _run_key(*parts: Any) -> str:
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_outputs(stage: str, paths: StagePaths) -> None:
+    """Before any work: ``models/<name>`` must be missing or a previous checkpoint, ``metrics/<name>.json`` no folder,
+    and ``models`` no project or repository (``--models .`` in a checkout would write ``./flm``).
+
+    Raises:
+        OutputError: a path holds something else (:func:`flm.data.atomic.check_output_dir`).
+    """
+    name = MODEL_NAMES[stage]
+    marker = project_marker(paths.models)
+    if marker is not None:
+        raise OutputError(f"{paths.models}: holds {marker} (a project or repository), not a models folder; "
+                          "choose another --models")
+    check_output_dir(paths.models / name, "checkpoint.json", CHECKPOINT_FORMAT)
+    if (paths.metrics / f"{name}.json").is_dir():
+        raise OutputError(f"{paths.metrics / f'{name}.json'}: is a directory; refusing to replace it with a JSON file")
+
+
+def preflight(stage: str, root: str | Path) -> None:
+    """What a training flow in project ``root`` checks before Ray or MLflow start: its outputs
+    (:func:`check_outputs`) and, for ``distill_fmlm``, that ``models/flm`` is an FLM checkpoint.
+
+    Raises:
+        OutputError: an output path holds something else.
+        CheckpointError: the teacher is missing, corrupt or of another kind (the message names both kinds).
+    """
+    root = Path(root)
+    check_outputs(stage, StagePaths(models=root / "models", metrics=root / "metrics"))
+    if stage == "distill_fmlm":
+        require_kind(root / "models" / "flm", "flm")
 
 
 def _decoder(paths: StagePaths) -> Any:
@@ -115,7 +147,7 @@ def _run(
         )
         final = paths.models / name
         if rank == 0:
-            with atomic_dir(final) as tmp:
+            with atomic_dir(final, "checkpoint.json", CHECKPOINT_FORMAT) as tmp:
                 shutil.copytree(result.checkpoint, tmp, dirs_exist_ok=True)
         last_val = result.val[-1] if result.val else {}
         last_train = result.history[-1] if result.history else {}
@@ -148,6 +180,7 @@ def train_flm(
     from flm.objectives import FLMObjective
 
     paths = paths or StagePaths()
+    check_outputs("train_flm", paths)
     device = torch.device(device) if device is not None else _device()
     fingerprint = TokenBlocks(paths.tokens, "train").meta.get("source_fingerprint")
     vocab_size = TokenBlocks(paths.tokens, "train").vocab_size
@@ -173,10 +206,11 @@ def distill_fmlm(
     from flm.objectives import FMLMDistillation
 
     paths = paths or StagePaths()
+    check_outputs("distill_fmlm", paths)
     device = torch.device(device) if device is not None else _device()
     teacher_dir = paths.models / "flm"
     teacher_meta = read_meta(teacher_dir)
-    teacher = load_backbone(teacher_dir, ema=True, device=device)
+    teacher = load_backbone(teacher_dir, ema=True, device=device, kind="flm")
     teacher_hash = hashlib.sha256((teacher_dir / "ema.safetensors").read_bytes()).hexdigest()
     torch.manual_seed(params.distill.seed)
     d = params.distill
@@ -203,6 +237,7 @@ def _train_baseline(
     name = MODEL_NAMES[stage]
     settings = getattr(params, name)
     paths = paths or StagePaths()
+    check_outputs(stage, paths)
     device = torch.device(device) if device is not None else _device()
     blocks = TokenBlocks(paths.tokens, "train")
     torch.manual_seed(settings.seed)

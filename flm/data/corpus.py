@@ -87,7 +87,7 @@ def build_corpus(
     counts = {split: {"docs": 0, "chars": 0, "bytes": 0} for split in SPLITS}
     digests = {split: hashlib.sha256() for split in SPLITS}
     blank = 0
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "meta.json", CORPUS_FORMAT) as tmp:
         writers = {split: _ShardWriter(tmp / split) for split in SPLITS}
         with tqdm(desc="corpus", unit=" doc", disable=not progress, mininterval=1.0) as bar:
             for split, text in iter_documents(source):

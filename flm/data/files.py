@@ -1,7 +1,8 @@
 """The user's own text files: ``.txt``, ``.jsonl`` (one JSON object a line), ``.parquet``.
 
-Files are read as a stream (a line, a row group at a time) and must be valid UTF-8; every error
-names the file (and line) and the parameter that pointed at it.
+Files are read as a stream (a line, a row group at a time) and must be valid UTF-8 text (a NUL
+byte marks a binary file: an error); each file is named once. Every error names the file (and
+line) and the parameter that pointed at it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,13 @@ _GLOB_CHARS = set("*?[")
 
 
 def expand_paths(patterns: Iterable[str], param: str = "data.source.paths") -> list[Path]:
-    """Files named by ``patterns`` (paths or globs, ``**`` allowed), sorted within each glob."""
+    """Files named by ``patterns`` (paths or globs, ``**`` allowed), sorted within each glob.
+
+    A file named twice (the same path twice, two spellings or links of one file, a glob that also
+    matches a listed file) is an error: its documents would count twice.
+    """
     files: list[Path] = []
+    seen: dict[tuple[int, int], Path] = {}
     for pattern in patterns:
         if _GLOB_CHARS & set(pattern):
             found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
@@ -35,11 +41,29 @@ def expand_paths(patterns: Iterable[str], param: str = "data.source.paths") -> l
         for path in found:
             if path.suffix.lower() not in SUFFIXES:
                 raise DataError(f"{param}: {path}: unsupported file type; known: {', '.join(SUFFIXES)}")
+            identity = _identity(path, param)
+            if identity in seen:
+                also = "" if seen[identity] == path else f" (also as {seen[identity]})"
+                raise DataError(f"{param}: {path} is listed twice{also}; name each file once")
+            seen[identity] = path
         files.extend(found)
     return files
 
 
+def _identity(path: Path, param: str) -> tuple[int, int]:
+    """``(device, inode)`` of a file: equal for every spelling, symbolic and hard link of it."""
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise DataError(f"{param}: cannot read {path}: {err.strerror or err}") from None
+    return info.st_dev, info.st_ino
+
+
 def _decode(raw: bytes, where: str, offset: int = 0) -> str:
+    """UTF-8 text of ``raw``; a NUL byte (a binary file) or invalid UTF-8 is an error naming ``where``."""
+    nul = raw.find(0)
+    if nul >= 0:
+        raise DataError(f"{where}: NUL byte at byte {offset + nul}: a binary file, not text")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:

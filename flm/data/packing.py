@@ -144,7 +144,7 @@ def pack(
     dtype = shard_dtype(tok.vocab_size, params.dtype)
     seq_len = params.seq_len
     splits: dict[str, Any] = {}
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "meta.json", TOKENS_FORMAT) as tmp:
         for split in SPLITS:
             docs = corpus["splits"][split]["docs"]
             writer = _BlockWriter(tmp, split, seq_len, dtype, params.shard_tokens)

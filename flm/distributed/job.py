@@ -107,6 +107,20 @@ def build_trainer(task: WorkerTask, spec: RayJobSpec) -> Any:
     )
 
 
+def _raise_resource_error(error: BaseException, spec: RayJobSpec) -> None:
+    """Ray's "the cluster cannot hold these workers" as one :class:`~flm.errors.UsageError` line."""
+    from ray.train.v2._internal.exceptions import InsufficientClusterResourcesError, WorkerGroupStartupTimeoutError
+
+    cause = getattr(error, "controller_failure", error)
+    if isinstance(cause, InsufficientClusterResourcesError | WorkerGroupStartupTimeoutError):
+        from flm.errors import UsageError, one_line
+
+        where = ray_address(spec.address) or "the local Ray"
+        raise UsageError(f"{where} cannot hold {spec.workers} worker(s) x {spec.cpus_per_worker:g} CPU, "
+                         f"{spec.gpus_per_worker:g} GPU (--workers, cluster.*_per_worker): {one_line(cause)}") \
+            from error
+
+
 def run_stage(
     stage: Callable[..., StageOutput],
     params: Any,
@@ -130,6 +144,7 @@ def run_stage(
 
     Raises:
         ray.train.TrainingFailedError: the run failed more than ``spec.max_failures`` times.
+        flm.errors.UsageError: the cluster cannot hold the requested workers (one line).
     """
     if "://" not in spec.storage_path:
         Path(spec.storage_path).mkdir(parents=True, exist_ok=True)
@@ -146,6 +161,7 @@ def run_stage(
         with ray_session(spec.address, state_dir, num_cpus=cpus), relay_lines(task.progress_file):
             result = build_trainer(task, spec).fit()
     if result.error is not None:
+        _raise_resource_error(result.error, spec)
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError(f"Ray run {spec.name} finished without a checkpoint")

@@ -11,7 +11,12 @@
   session files under ``<state>/ray``, and ``HOME`` of its processes set to :func:`tool_home`
   (``ray_bootstrap_config.yaml`` there stops the cloud-metadata probes; Ray's token goes there).
   ``HOME`` is restored when the session ends. (:func:`flm.environment.hermetic`, called first,
-  keeps Ray from guessing its address by connecting a socket to ``8.8.8.8``.)
+  keeps Ray from guessing its address by connecting a socket to ``8.8.8.8``, and points
+  ``RAY_TMPDIR`` at ``<state>/ray`` so Ray Train's lock files stay there instead of ``/tmp``.)
+  A cluster that does not answer is a one-line :class:`flm.errors.UnreachableError`.
+
+:func:`check_local_resources` refuses, before anything starts, a job the embedded Ray on this
+machine cannot hold (more CPUs or GPUs than the machine has).
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flm.environment import hermetic, tool_home
+from flm.errors import UnreachableError, UsageError
 
-__all__ = ["LOCAL_RAY", "ray_address", "ray_session"]
+__all__ = ["LOCAL_RAY", "check_local_resources", "machine_cpus", "ray_address", "ray_session"]
 
 LOCAL_RAY = {"num_cpus": 2, "include_dashboard": False, "object_store_memory": 512 * 1024**2, "log_to_driver": False}
 """``ray.init`` keywords of the embedded local Ray (``num_cpus`` is overridden by the caller)."""
@@ -32,6 +38,43 @@ LOCAL_RAY = {"num_cpus": 2, "include_dashboard": False, "object_store_memory": 5
 def ray_address(address: str | None = None) -> str | None:
     """The cluster to use: ``address`` if given, else ``$RAY_ADDRESS``, else ``None`` (embedded Ray)."""
     return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def machine_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def check_local_resources(workers: int, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
+                          address: str | None = None) -> None:
+    """Refuse a Ray job this machine cannot hold, before Ray (or anything else) starts.
+
+    Only an embedded local Ray is checked (no ``address``, no ``$RAY_ADDRESS``): a remote
+    cluster's resources are Ray's to check. ``workers = 0`` runs in this process and needs nothing.
+
+    Raises:
+        UsageError: negative workers, more CPUs or GPUs than this machine has; the message names
+            ``--workers`` / ``cluster.workers`` and the per-worker setting to lower.
+    """
+    if workers < 0:
+        raise UsageError(f"--workers {workers}: must be 0 (in this process) or more")
+    if workers == 0 or ray_address(address) is not None:
+        return
+    cpus = machine_cpus()
+    if workers * cpus_per_worker > cpus:
+        raise UsageError(f"--workers {workers} x cluster.cpus_per_worker {cpus_per_worker:g} = "
+                         f"{workers * cpus_per_worker:g} CPUs, but this machine has {cpus}; lower --workers "
+                         f"(cluster.workers) or cluster.cpus_per_worker, or give --ray-address")
+    if gpus_per_worker > 0:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if workers * gpus_per_worker > gpus:
+            raise UsageError(f"--workers {workers} x cluster.gpus_per_worker {gpus_per_worker:g} = "
+                             f"{workers * gpus_per_worker:g} GPUs, but this machine has {gpus}; lower --workers "
+                             f"(cluster.workers) or cluster.gpus_per_worker, or give --ray-address")
 
 
 @contextmanager
@@ -68,7 +111,11 @@ def ray_session(address: str | None = None, state_dir: str | Path = ".state", nu
         return
     target = ray_address(address)
     if target is not None:
-        ray.init(address=target, log_to_driver=log_to_driver)
+        try:
+            ray.init(address=target, log_to_driver=log_to_driver)
+        except ConnectionError as err:
+            first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise UnreachableError(f"Ray cluster {target} is unreachable: {first.strip()}") from err
         try:
             yield target
         finally:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flm.config import HUB_JUDGE_REVISIONS
 from flm.data.atomic import atomic_dir
 
 __all__ = ["Judge", "JudgeError", "ar_judge", "hf_judge", "judge_sequence", "load_judge", "smollm2_judge"]
@@ -84,6 +85,29 @@ class Judge:
     def sequences(self, texts: list[str]) -> list[list[int]]:
         """The judge sequences of ``texts`` (:func:`judge_sequence` of each)."""
         return [judge_sequence(ids, self.bos_id, self.eos_id, self.n_ctx) for ids in self.encode(list(texts))]
+
+    def scored_bytes(self, texts: list[str]) -> np.ndarray:
+        """Per text: the UTF-8 bytes of the text that its scored judge tokens cover (int64, ``(N,)``).
+
+        The whole text's ``len(text.encode("utf-8"))`` unless the judge sequence drops some of its tokens
+        (truncation to ``n_ctx``, or text after an EOS); then the bytes of the longest character prefix
+        whose encoding has at most the kept number of tokens. The EOS scored at the end covers no byte.
+        """
+        head = 1 if self.bos_id is not None else 0
+        out = []
+        for text, ids in zip(texts, self.encode(list(texts)), strict=True):
+            kept = len(judge_sequence(ids, self.bos_id, self.eos_id, self.n_ctx)) - head
+            kept -= 1 if kept > 0 and (kept > len(ids) or ids[kept - 1] == self.eos_id) else 0
+            if kept >= len(ids):
+                out.append(len(text.encode("utf-8")))
+                continue
+            low, high = 0, len(text)  # the longest prefix text[:low] whose encoding fits in `kept` tokens
+            while low < high:
+                mid = (low + high + 1) // 2
+                fits = len(self.encode([text[:mid]])[0]) <= kept
+                low, high = (mid, high) if fits else (low, mid - 1)
+            out.append(len(text[:low].encode("utf-8")))
+        return np.array(out, dtype=np.int64)
 
     @torch.no_grad()
     def nll(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +185,7 @@ def _convert_smollm2(cache: Path) -> None:
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:  # the head is tied to the embedding
         raise JudgeError(f"judge 'smollm2': GGUF tensors do not fit the model: {missing=} {unexpected=}")
-    with atomic_dir(cache) as tmp:
+    with atomic_dir(cache, "config.json") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
@@ -185,21 +209,28 @@ def smollm2_judge(state_dir: str | Path = ".state", device: str = "cpu") -> Judg
     return _hf_judge("smollm2", model, tokenizer, device, bos_id=tokenizer.eos_token_id)
 
 
-def hf_judge(model_id: str, state_dir: str | Path = ".state", device: str = "cpu") -> Judge:
+def hf_judge(model_id: str, state_dir: str | Path = ".state", device: str = "cpu",
+             revision: str | None = None) -> Judge:
     """A Hub causal LM (``gpt2-large``, the paper's judge), cached in ``<state_dir>/cache/hf``; online once.
 
+    Model and tokenizer are read at the Hub commit ``revision`` (``eval.judge_revision``; default: the
+    pinned commit of a known judge, ``HUB_JUDGE_REVISIONS``), never at whatever the branch holds today.
     BOS is the tokenizer's own (``None`` if it has none: then the first token is context only).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    revision = revision or HUB_JUDGE_REVISIONS.get(model_id)
+    if revision is None:
+        raise JudgeError(f"judge 'hf:{model_id}': no revision: set eval.judge_revision to the Hub commit to read it at")
     cache = Path(state_dir) / "cache" / "hf"
+    hub = {"cache_dir": cache, "revision": revision}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id, cache_dir=cache)
-        model = AutoModelForCausalLM.from_pretrained(model_id, cache_dir=cache, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(model_id, **hub)
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.float32, **hub)
     except OSError as err:
         raise JudgeError(
-            f"judge 'hf:{model_id}': cannot load {model_id!r} from the Hugging Face Hub or the cache {cache} "
-            f"(offline? download it once with the network on): {err}"
+            f"judge 'hf:{model_id}': cannot load {model_id!r} at revision {revision} from the Hugging Face Hub "
+            f"or the cache {cache} (offline? download it once with the network on): {err}"
         ) from err
     return _hf_judge(f"hf:{model_id}", model, tokenizer, device, bos_id=tokenizer.bos_token_id)
 
@@ -236,13 +267,14 @@ def ar_judge(checkpoint_dir: str | Path, tokenizer_dir: str | Path, device: str 
 
 
 def load_judge(spec: str, state_dir: str | Path = ".state", device: str = "cpu",
-               tokenizer_dir: str | Path = "data/tokenizer") -> Judge:
+               tokenizer_dir: str | Path = "data/tokenizer", revision: str | None = None) -> Judge:
     """The judge named ``spec``: ``smollm2`` (offline default), ``hf:NAME`` (a Hub model, e.g.
-    ``hf:gpt2-large``) or ``ar:CHECKPOINT_DIR`` (the pipeline's AR model; text read with ``tokenizer_dir``)."""
+    ``hf:gpt2-large``, read at the Hub commit ``revision``) or ``ar:CHECKPOINT_DIR`` (the pipeline's AR
+    model; text read with ``tokenizer_dir``)."""
     if spec == "smollm2":
         return smollm2_judge(state_dir, device)
     if spec.startswith("hf:") and len(spec) > 3:
-        return hf_judge(spec[3:], state_dir, device)
+        return hf_judge(spec[3:], state_dir, device, revision)
     if spec.startswith("ar:") and len(spec) > 3:
         return ar_judge(spec[3:], tokenizer_dir, device)
     raise JudgeError(f"unknown judge {spec!r}; known: {', '.join(JUDGE_KINDS)}")

@@ -85,7 +85,14 @@ class FMLMDistillation(nn.Module):
     @classmethod
     def from_teacher(cls, teacher: DiT, **kwargs: float | int) -> FMLMDistillation:
         """Student = teacher's weights (pass the EMA copy) plus a zero-initialized second time
-        embedding, so ``δ_θ(z; τ, τ') = p^T(z, τ)`` exactly at step 0."""
+        embedding, so ``δ_θ(z; τ, τ') = p^T(z, τ)`` exactly at step 0.
+
+        Raises:
+            ValueError: ``teacher`` is not an FLM denoiser (one time input, bidirectional attention).
+        """
+        if teacher.config.n_times != 1 or teacher.config.causal:
+            raise ValueError(f"the FLM teacher must have n_times=1 and causal=False, got n_times="
+                             f"{teacher.config.n_times}, causal={teacher.config.causal} (not an FLM denoiser)")
         student = DiT(teacher.config.replace(n_times=2)).to(teacher.embedding.device, teacher.embedding.dtype)
         missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
         if unexpected or any(not k.startswith("time_embed_2.") for k in missing):

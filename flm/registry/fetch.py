@@ -37,11 +37,18 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> str:
 
     Raises:
         LookupError: no such registered model, alias or version (the message names the store).
+        flm.errors.UsageError: no such sqlite store (reading never creates one).
+        flm.errors.UnreachableError: the tracking server does not answer (found in seconds).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from flm.tracking import check_store
+
     match = _REGISTERED.match(uri)
+    store = tracking_uri or mlflow.get_tracking_uri()
+    if uri.startswith(("models:/", "runs:/")):
+        check_store(store)
     if match is None:
         return uri
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -52,7 +59,6 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> str:
         else:
             version = client.get_model_version(name, match["version"]).version
     except MlflowException as err:
-        store = tracking_uri or mlflow.get_tracking_uri()
         raise LookupError(f"{uri}: not found in the MLflow registry at {store} ({err.message})") from None
     return f"models:/{name}/{version}"
 
@@ -118,6 +124,6 @@ def fetched_model(
     key = hashlib.sha256(f"{tracking_uri}\n{resolved}".encode()).hexdigest()[:16]
     entry = Path(cache_dir) / f"{re.sub(r'[^A-Za-z0-9]+', '-', resolved).strip('-')}-{key}"
     if not (entry / "MLmodel").is_file():
-        with atomic_dir(entry) as tmp:
+        with atomic_dir(entry, "MLmodel") as tmp:
             _download(resolved, tmp, tracking_uri)
     yield _model_files(entry, uri)

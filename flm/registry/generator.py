@@ -22,16 +22,21 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from flm.data.errors import DataError
 from flm.flow import TimeSchedule, flm_sample, flow_map_sample, uniform_grid
 from flm.flow.sampler import Clamp, prefix_clamp
 from flm.model import DiT
 from flm.objectives import ARObjective, MDLMObjective
 from flm.objectives.common import ProjectedSpace, at_least_float32
-from flm.train.checkpoint import load_backbone, model_kind, read_meta
+from flm.train.checkpoint import EXTRA_IDS, load_backbone, model_kind, read_meta
+
+if TYPE_CHECKING:
+    from flm.data.tokenizer import TextTokenizer
 
 __all__ = [
     "COMPILED_KINDS", "EXTRA_IDS", "PREFIX_KINDS", "RENOISE_G", "SAMPLERS", "SampleRequest", "TextGenerator",
@@ -119,13 +124,30 @@ PREFIX_KINDS: frozenset[str] = frozenset({"flm", "fmlm"})
 COMPILED_KINDS: frozenset[str] = frozenset({"flm", "fmlm", "mdlm"})
 """Kinds whose sampler calls the network with fixed shapes, so ``compile=True`` compiles it
 (:meth:`flm.model.DiT.compile_for_sampling`); AR's cached decoding changes shape every position."""
-EXTRA_IDS: dict[str, int] = {"ar": 1, "mdlm": 1}
-"""Backbone ids past the tokenizer's vocabulary, per kind (AR's start token, MDLM's mask; MATH.md §6)."""
 
 
 def is_model_uri(source: str | Path) -> bool:
     """Whether ``source`` is a URI (``models:/...``, ``runs:/...``, ``s3://...``) rather than a directory."""
     return isinstance(source, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", source) is not None
+
+
+def _load_tokenizer(folder: Path) -> TextTokenizer:
+    """:func:`flm.data.tokenizer.load_tokenizer`, every failure a one-line :class:`DataError` naming the file."""
+    from flm.data.tokenizer import load_tokenizer
+
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a tokenizer directory (give the folder holding tokenizer.json and meta.json)")
+    try:
+        return load_tokenizer(folder)
+    except DataError:
+        raise
+    except OSError as err:  # a folder where a file belongs, no permission, ...
+        raise DataError(f"{err.filename or folder}: cannot be read ({err.strerror or err})") from None
+    except (ValueError, KeyError, TypeError) as err:  # JSON, missing or wrong fields
+        raise DataError(f"{folder / 'meta.json'}: not a valid tokenizer meta.json ({err!r})") from None
+    except Exception as err:  # tokenizers raises a bare Exception on a corrupt tokenizer.json
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{folder / 'tokenizer.json'}: cannot load the tokenizer ({reason})") from None
 
 
 class TextGenerator:
@@ -149,17 +171,15 @@ class TextGenerator:
             raise ValueError(f"{folder}: not a checkpoint directory (no checkpoint.json)")
         self.device = torch.device(device)
         self.meta = read_meta(folder)
-        self.backbone = load_backbone(folder, ema=True, device=self.device)
         self.kind = model_kind(folder)
+        self.backbone = load_backbone(folder, ema=True, device=self.device, kind=self.kind)
         if compile and self.kind in COMPILED_KINDS:
             self.backbone.compile_for_sampling()
         self.vocab_size = self.backbone.config.vocab_size - EXTRA_IDS.get(self.kind, 0)
         """The tokenizer's ``V``: ids a sample (or a prefix) can hold."""
         self.decoder = None
         if tokenizer_dir is not None:
-            from flm.data.tokenizer import load_tokenizer
-
-            self.decoder = load_tokenizer(tokenizer_dir)
+            self.decoder = _load_tokenizer(Path(tokenizer_dir))
             if self.decoder.vocab_size != self.vocab_size:
                 raise ValueError(f"{tokenizer_dir}: tokenizer has {self.decoder.vocab_size} tokens, the model "
                                  f"{self.vocab_size}")
@@ -193,6 +213,15 @@ class TextGenerator:
 
         return seq_len(self.meta)
 
+    @property
+    def trained_length(self) -> int | None:
+        """The training sequence length ``L`` the checkpoint records, or ``None`` (older checkpoints).
+
+        :meth:`sample_ids` refuses longer sequences: positions past ``L`` were never trained.
+        """
+        packing = self.meta.get("params", {}).get("data", {}).get("packing", {})
+        return int(packing["seq_len"]) if "seq_len" in packing else None
+
     def encode_prefix(self, prefix: str | list[int] | Tensor) -> Tensor:
         """``(P,)`` ids of a prefix: text through the checkpoint's tokenizer (no BOS/EOS), ids as given."""
         if isinstance(prefix, str):
@@ -218,6 +247,9 @@ class TextGenerator:
         """
         if n < 1 or steps < 1 or length < 1:
             raise ValueError(f"n, steps and length must be positive (got {n}, {steps}, {length})")
+        if self.trained_length is not None and length > self.trained_length:
+            raise ValueError(f"length={length} is beyond the model's trained length {self.trained_length} "
+                             f"(positions past it were never trained)")
         g = RENOISE_G if renoise is True else float(renoise)
         ids = self.encode_prefix(prefix) if prefix is not None else None
         if ids is not None and ids.numel() == 0:

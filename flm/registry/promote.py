@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "ALIAS", "ENTROPY", "GEN_PPL", "JUDGE", "PROMOTE_NFE", "REFERENCE_ENTROPY", "VARIANT", "Decision", "promote",
+    "ALIAS", "ENTROPY", "GEN_PPL", "JUDGE", "PROMOTE_NFE", "REFERENCE_ENTROPY", "VARIANT", "Decision", "check_request",
+    "promote",
 ]
 
 ALIAS = "champion"
@@ -92,6 +93,54 @@ def _champion(client: Any, name: str, alias: str) -> str | None:
         return None
 
 
+def _candidate(client: Any, name: str, version: str | int | None) -> str:
+    """``version`` of registered model ``name`` (default: its newest), checked to exist before anything is written."""
+    from mlflow.exceptions import MlflowException
+
+    from flm.errors import UsageError
+
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        known = sorted(model.name for model in client.search_registered_models())
+        if name in known:
+            raise UsageError(f"--model {name}: the registered model has no versions")
+        raise UsageError(f"--model {name}: no such registered model; known: {', '.join(known) or 'none'}")
+    if version is None:
+        return str(max(int(v.version) for v in versions))
+    try:
+        return str(client.get_model_version(name, str(version)).version)
+    except MlflowException:
+        numbers = sorted(int(v.version) for v in versions)
+        raise UsageError(f"--version {version}: model {name!r} has no such version; it has {numbers}") from None
+
+
+def check_request(client: Any, name: str, version: str | int | None = None, metric: str = "gen_ppl") -> str:
+    """The candidate version (default: the newest) once ``name``, ``version`` and ``metric`` are known to exist.
+
+    :func:`promote` calls it before writing anything; a command line can call it before starting a flow.
+
+    Raises:
+        flm.errors.UsageError: an unknown model, version or metric; the message names the option
+            and lists what exists.
+    """
+    candidate = _candidate(client, name, version)
+    _check_metric(client, name, candidate, metric)
+    return candidate
+
+
+def _check_metric(client: Any, name: str, candidate: str, metric: str) -> None:
+    """Refuse a ``metric`` the candidate's run never logged, before any tag or description is written."""
+    from flm.errors import UsageError
+
+    if metric == "gen_ppl":
+        return
+    run_id = client.get_model_version(name, candidate).run_id
+    logged = sorted(client.get_run(run_id).data.metrics) if run_id else []
+    if metric not in logged:
+        raise UsageError(f"--metric {metric}: unknown metric for version {candidate} of {name!r}; known: "
+                         f"{', '.join(['gen_ppl', *logged])}")
+
+
 def promote(
     client: Any, name: str, version: str | int | None = None, metric: str = "gen_ppl", lower_is_better: bool = True,
     alias: str = ALIAS, nfe: int | None = None, entropy_floor: float = 0.0,
@@ -105,13 +154,11 @@ def promote(
 
     With no current champion (or one that cannot be compared) an eligible candidate is promoted;
     otherwise it must be strictly better.
+
+    Raises:
+        flm.errors.UsageError: an unknown model, version or metric (nothing is written then).
     """
-    if version is None:
-        versions = client.search_model_versions(f"name = '{name}'")
-        if not versions:
-            raise ValueError(f"registered model {name!r} has no versions")
-        version = max(int(v.version) for v in versions)
-    candidate = str(version)
+    candidate = check_request(client, name, version, metric)
     holder = _champion(client, name, alias)
     if metric == "gen_ppl":
         lower_is_better = True

@@ -12,6 +12,12 @@ A checkpoint is a directory ``ckpt-<step:08d>`` holding
 
 It is written into a hidden temporary sibling and renamed into place, so a run killed at any
 moment leaves either the complete checkpoint or none. Nothing is unpickled when reading back.
+
+Reading back proves what a checkpoint is: ``checkpoint.json`` must be JSON of this format with a
+known ``model_config``; its ``model_kind`` must agree with that config (time inputs, causal
+attention), with the stage and the vocabulary size it records; the weights must have exactly the
+config's names and shapes. Anything else, and a truncated or foreign ``*.safetensors``, raises a
+:class:`CheckpointError` whose one-line message names the file.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from flm.data.atomic import atomic_dir
+from flm.data.errors import DataError
 from flm.model import DiT, DiTConfig
 from flm.train.ema import EMA
 from flm.train.state import (
@@ -38,13 +46,17 @@ from flm.train.state import (
 )
 
 __all__ = [
+    "EXTRA_IDS",
     "FORMAT",
+    "KIND_CONFIG",
     "MODEL_KINDS",
+    "CheckpointError",
     "latest_checkpoint",
     "list_checkpoints",
     "load_backbone",
     "model_kind",
     "read_meta",
+    "require_kind",
     "restore_checkpoint",
     "save_checkpoint",
     "seq_len",
@@ -53,7 +65,15 @@ __all__ = [
 FORMAT = "flm.checkpoint/1"
 MODEL_KINDS = ("flm", "fmlm", "ar", "mdlm")
 """What a checkpoint's backbone is: an FLM denoiser, an FMLM flow map, the AR or the MDLM baseline."""
+KIND_CONFIG: dict[str, tuple[int, bool]] = {"flm": (1, False), "fmlm": (2, False), "ar": (0, True), "mdlm": (1, False)}
+"""Model kind -> the backbone's ``(n_times, causal)``: what its weights must look like."""
+EXTRA_IDS: dict[str, int] = {"ar": 1, "mdlm": 1}
+"""Backbone ids past the tokenizer's vocabulary, per kind (AR's start token, MDLM's mask; MATH.md §6)."""
 _NAME = re.compile(r"^ckpt-(\d{8})$")
+
+
+class CheckpointError(DataError):
+    """A checkpoint that is missing, unreadable or not what it says it is; the message names the file."""
 
 
 def _tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -81,7 +101,7 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     backbone = getattr(objective, backbone_name)
     final = run_dir / f"ckpt-{step:08d}"
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, "checkpoint.json", FORMAT) as tmp:
         save_file(_tensors(trainable_state(objective)), tmp / "model.safetensors")
         save_file(_tensors(ema.state_dict()), tmp / "ema.safetensors")
         opt_tensors, opt_rest = optimizer_to_flat(optimizer)
@@ -118,12 +138,69 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def read_meta(checkpoint_dir: str | Path) -> dict[str, Any]:
-    """``checkpoint.json`` of a checkpoint (step, model config, params, ...)."""
+    """``checkpoint.json`` of a checkpoint (step, model config, params, ...), its format and ``model_config`` checked.
+
+    Raises:
+        CheckpointError: the file is missing, not JSON, of another format, or its ``model_config`` is not a
+            valid :class:`~flm.model.DiTConfig` (an unknown key, a bad value).
+    """
     path = Path(checkpoint_dir) / "checkpoint.json"
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} checkpoint (format {meta.get('format')!r})")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file; not a checkpoint directory") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not a text file (not a checkpoint's JSON)") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (format {found!r})")
+    _model_config(meta, path)
     return meta
+
+
+def _model_config(meta: dict[str, Any], path: Path) -> DiTConfig:
+    """The :class:`DiTConfig` of ``meta["model_config"]``; a missing, unknown or invalid field names ``path``."""
+    config = meta.get("model_config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: model_config is missing or not an object")
+    known = set(DiTConfig.__dataclass_fields__)
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown model_config key(s) {', '.join(map(repr, unknown))}; "
+                              f"known: {', '.join(sorted(known))}")
+    try:
+        return DiTConfig(**config)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: invalid model_config: {err}") from None
+
+
+def _read_tensors(path: Path, device: str = "cpu") -> dict[str, Tensor]:
+    """The tensors of a ``*.safetensors`` file; a missing, truncated or foreign file names ``path``."""
+    try:
+        return load_file(path, device=device)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file (an incomplete checkpoint)") from None
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: not a valid safetensors file, truncated or corrupt ({err})") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
+def _check_fit(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` has exactly ``model``'s tensor names and shapes."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{key} {tuple(state[key].shape)} != {tuple(expected[key].shape)}"
+              for key in sorted(set(state) & set(expected)) if state[key].shape != expected[key].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if items]
+        raise CheckpointError(f"{path}: the weights do not fit checkpoint.json's model_config ({'; '.join(parts)})")
 
 
 def seq_len(meta: dict[str, Any], default: int = 128) -> int:
@@ -134,14 +211,49 @@ def seq_len(meta: dict[str, Any], default: int = 128) -> int:
 def model_kind(checkpoint_dir: str | Path) -> str:
     """The checkpoint's :data:`MODEL_KINDS` entry: its meta ``model_kind``, written by the training stages.
 
-    Checkpoints from before that field are FLM (``n_times = 1``) or FMLM (``n_times = 2``); FLM and
-    MDLM both have ``n_times = 1``, so only the field tells them apart.
+    Checkpoints from before that field tell it by their ``stage`` (``train_mdlm``, ...), else they are
+    FLM (``n_times = 1``) or FMLM (``n_times = 2``). The kind must agree with the model config, the
+    stage and the vocabulary size the meta records.
+
+    Raises:
+        CheckpointError: an unknown kind, or one that disagrees with the rest of ``checkpoint.json``.
     """
     meta = read_meta(checkpoint_dir)
-    kind = meta.get("model_kind") or {1: "flm", 2: "fmlm"}.get(meta["model_config"]["n_times"])
+    stage = meta.get("stage")
+    trained = stage.split("_", 1)[-1] if isinstance(stage, str) else None  # train_flm, distill_fmlm, ...
+    kind = (meta.get("model_kind") or (trained if trained in MODEL_KINDS else None)
+            or {1: "flm", 2: "fmlm"}.get(meta["model_config"].get("n_times", 1)))
     if kind not in MODEL_KINDS:
-        raise ValueError(f"{checkpoint_dir}: unknown model kind {kind!r}; known kinds: {', '.join(MODEL_KINDS)}")
+        raise CheckpointError(f"{Path(checkpoint_dir) / 'checkpoint.json'}: unknown model kind {kind!r}; "
+                              f"known kinds: {', '.join(MODEL_KINDS)}")
+    _check_kind(meta, kind, Path(checkpoint_dir) / "checkpoint.json")
     return kind
+
+
+def require_kind(checkpoint_dir: str | Path, kind: str) -> None:
+    """Raise :class:`CheckpointError` naming both kinds unless the checkpoint is a ``kind`` (:func:`model_kind`)."""
+    found = model_kind(checkpoint_dir)
+    if found != kind:
+        raise CheckpointError(f"{checkpoint_dir}: an {found} checkpoint where an {kind} checkpoint is expected")
+
+
+def _check_kind(meta: dict[str, Any], kind: str, path: Path) -> None:
+    """``kind`` must agree with the model config's time inputs and attention, the recorded stage and vocabulary."""
+    config = meta["model_config"]
+    n_times, causal = KIND_CONFIG[kind]
+    if (config.get("n_times", 1), bool(config.get("causal", False))) != (n_times, causal):
+        raise CheckpointError(
+            f"{path}: model_kind {kind!r} needs n_times={n_times}, causal={causal}, but the model has "
+            f"n_times={config.get('n_times', 1)}, causal={bool(config.get('causal', False))}")
+    stage = meta.get("stage")
+    trained = stage.split("_", 1)[-1] if isinstance(stage, str) else None  # train_flm, distill_fmlm, ...
+    if trained in MODEL_KINDS and trained != kind:
+        raise CheckpointError(f"{path}: model_kind {kind!r} disagrees with its stage {stage!r}")
+    vocab = meta.get("vocab_size")
+    if isinstance(vocab, int) and config["vocab_size"] != vocab + EXTRA_IDS.get(kind, 0):
+        raise CheckpointError(
+            f"{path}: model_kind {kind!r} with a {vocab}-token vocabulary needs {vocab + EXTRA_IDS.get(kind, 0)} "
+            f"ids, but the model has {config['vocab_size']}")
 
 
 def restore_checkpoint(
@@ -157,30 +269,45 @@ def restore_checkpoint(
     """
     folder = Path(checkpoint_dir)
     device = next(objective.parameters()).device
-    missing, unexpected = objective.load_state_dict(load_file(folder / "model.safetensors", device=str(device)),
+    missing, unexpected = objective.load_state_dict(_read_tensors(folder / "model.safetensors", str(device)),
                                                     strict=False)
     expected_missing = set(objective.state_dict()) - set(trainable_state(objective))
     if unexpected or set(missing) - expected_missing:
         raise RuntimeError(f"{folder}: checkpoint does not fit: missing={missing}, unexpected={unexpected}")
-    ema.load_state_dict(load_file(folder / "ema.safetensors", device=str(device)))
+    ema.load_state_dict(_read_tensors(folder / "ema.safetensors", str(device)))
     rest = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
-    optimizer_from_flat(optimizer, load_file(folder / "optimizer.safetensors", device=str(device)), rest)
-    set_rng_state(generator, load_file(folder / "rng.safetensors"))
+    optimizer_from_flat(optimizer, _read_tensors(folder / "optimizer.safetensors", str(device)), rest)
+    set_rng_state(generator, _read_tensors(folder / "rng.safetensors"))
     return int(read_meta(folder)["step"])
 
 
-def load_backbone(checkpoint_dir: str | Path, ema: bool = True, device: torch.device | str = "cpu") -> DiT:
+def load_backbone(checkpoint_dir: str | Path, ema: bool = True, device: torch.device | str = "cpu",
+                  kind: str | None = None) -> DiT:
     """Rebuild the trained DiT from a checkpoint's saved config and weights (EMA by default).
 
     This is how a teacher is made: no code-side configuration is needed, only the directory.
+
+    Args:
+        kind: the :data:`MODEL_KINDS` entry the checkpoint must be (e.g. ``"flm"`` for a teacher);
+            ``None`` accepts any kind. A recorded ``model_kind`` is checked against the config either way.
+
+    Raises:
+        CheckpointError: unreadable or corrupt files, a kind other than ``kind``, a ``model_kind`` that
+            disagrees with the config, or weights whose names or shapes do not fit the config.
     """
     folder = Path(checkpoint_dir)
     meta = read_meta(folder)
-    model = DiT(DiTConfig(**meta["model_config"]))
+    if kind is not None:
+        require_kind(folder, kind)
+    elif "model_kind" in meta:
+        model_kind(folder)  # the recorded kind agrees with the config, stage and vocabulary
+    model = DiT(_model_config(meta, folder / "checkpoint.json"))
     if ema:
-        state = load_file(folder / "ema.safetensors")
+        path = folder / "ema.safetensors"
+        state = _read_tensors(path)
     else:
-        prefix = f"{meta['backbone']}."
-        state = {k[len(prefix):]: v for k, v in load_file(folder / "model.safetensors").items() if k.startswith(prefix)}
+        path, prefix = folder / "model.safetensors", f"{meta['backbone']}."
+        state = {k[len(prefix):]: v for k, v in _read_tensors(path).items() if k.startswith(prefix)}
+    _check_fit(model, state, path)
     model.load_state_dict(state)
     return model.to(device).eval()

@@ -44,7 +44,7 @@ def test_unknown_source_via_the_stage(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_unknown_tokenizer_via_the_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_stage(tmp_path, {"tokenizer": "spm"}, stage="tokenizer") == 2
-    assert "unknown tokenizer 'spm'; known: bpe, gpt2, hf:NAME" in capsys.readouterr().err
+    assert "unknown tokenizer 'spm'; known: bpe, char, gpt2, hf:NAME" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

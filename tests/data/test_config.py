@@ -86,7 +86,7 @@ def test_tokenizer_shorthands_and_unknown_one() -> None:
     assert params_from_dict({"data": {"tokenizer": "gpt2"}}).data.tokenizer == GPT2Tokenizer()
     hf = params_from_dict({"data": {"tokenizer": "hf:bert-base-uncased"}}).data.tokenizer
     assert hf == HFTokenizer(name="bert-base-uncased")
-    with pytest.raises(ConfigError, match="unknown tokenizer 'sentencepiece'; known: bpe, gpt2, hf:NAME"):
+    with pytest.raises(ConfigError, match="unknown tokenizer 'sentencepiece'; known: bpe, char, gpt2, hf:NAME"):
         params_from_dict({"data": {"tokenizer": "sentencepiece"}})
     with pytest.raises(ConfigError, match="'bpe', 'gpt2', 'hf'"):
         params_from_dict({"data": {"tokenizer": {"kind": "wordpiece"}}})
@@ -160,7 +160,8 @@ def test_dvc_stages_declare_existing_params_for_every_profile() -> None:
     sections = {"corpus": "source", "tokenizer": "tokenizer", "pack": "packing"}
     for stage, section in sections.items():
         declared = stages[stage]["params"]
-        expected = {"profile", f"data.{section}"} | {f"profiles.{p}.data.{section}" for p in params["profiles"]}
+        expected = {"profile", f"data.{section}"} | {
+            f"profiles.{p}.data.{section}" for p, overlay in params["profiles"].items() if section in overlay["data"]}
         assert set(declared) == expected, stage
         for key in declared:
             _lookup(params, key)

@@ -58,7 +58,11 @@ def test_model_kind_falls_back_to_the_time_inputs_for_older_checkpoints(tiny_dat
     meta = json.loads((old / "checkpoint.json").read_text())
     del meta["model_kind"]
     (old / "checkpoint.json").write_text(json.dumps(meta))
-    assert model_kind(done.checkpoint) == "mdlm" and model_kind(old) == "flm"  # n_times = 1 alone reads as FLM
+    assert model_kind(done.checkpoint) == "mdlm" and model_kind(old) == "mdlm"  # its stage says so
+    for key in ("stage", "vocab_size"):
+        del meta[key]
+    (old / "checkpoint.json").write_text(json.dumps(meta))
+    assert model_kind(old) == "flm"  # n_times = 1 alone reads as FLM
     meta["model_kind"] = "gpt"
     (old / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unknown model kind 'gpt'"):
