@@ -7,8 +7,9 @@ work itself is :func:`flm.eval.stage.evaluate_models`; this module only wires ML
 
 * an MLflow run ``evaluate`` tagged with the lineage (git commit, DVC hashes of the inputs, the
   Prefect flow-run id), the ``eval`` params, a metric per row (``gen_ppl/flm/nfe_8``,
-  ``entropy/...``, ``ci_low/...``, ``ci_high/...``, ``sec_per_seq/...``; the reference row as
-  ``gen_ppl/data``, ``entropy/data``) and the report directory as artifacts (``eval/``);
+  ``nll_per_byte/...``, ``entropy/...``, ``ci_low/...``, ``ci_high/...``, ``sec_per_seq/...``; the
+  reference row as ``nll_per_byte/data``, ``gen_ppl/data``, ``entropy/data``) and the report
+  directory as artifacts (``eval/``); the report's headline is printed (logged) at the end;
 * on every registered version of ``<name>`` whose ``ema_sha256`` tag matches
   ``models/<name>/ema.safetensors`` (:func:`flm.registry.publish.versions_with_weights`), the tags
   of :func:`flm.eval.stage.version_tags` (Gen PPL and entropy at ``promote_nfe``, the reference
@@ -25,8 +26,8 @@ from flm.config import Params
 
 __all__ = ["run_evaluate"]
 
-ROW_METRICS = {"gen_ppl": "gen_ppl", "ci_low": "ci_low", "ci_high": "ci_high", "entropy": "entropy",
-               "sec_per_seq": "seconds_per_sequence"}
+ROW_METRICS = {"nll_per_byte": "nll_per_byte", "gen_ppl": "gen_ppl", "ci_low": "ci_low", "ci_high": "ci_high",
+               "entropy": "entropy", "sec_per_seq": "seconds_per_sequence"}
 """MLflow metric prefix -> row field."""
 
 
@@ -34,7 +35,7 @@ def _row_metrics(rows: list[dict[str, Any]], reference: dict[str, Any]) -> dict[
     from flm.eval.stage import metric_key
 
     out = {metric_key(prefix, row): float(row[field]) for row in rows for prefix, field in ROW_METRICS.items()}
-    out |= {metric_key(prefix, reference): float(reference[prefix]) for prefix in ("gen_ppl", "entropy")}
+    out |= {metric_key(key, reference): float(reference[key]) for key in ("nll_per_byte", "gen_ppl", "entropy")}
     return out
 
 
@@ -46,11 +47,12 @@ def run_evaluate(params: Params, root: str | Path = ".", device: str | None = No
         ``run_id``, ``metrics`` (``metrics/eval.json``'s content), ``report`` (the directory),
         ``versions`` (``{model: [tagged versions]}``).
     """
-    import torch
     from mlflow import MlflowClient
 
     from flm.data.atomic import write_json_atomic
+    from flm.device import resolve_device
     from flm.environment import hermetic
+    from flm.eval.headline import headline
     from flm.eval.judge import load_judge
     from flm.eval.stage import evaluate_models, version_tags
     from flm.registry.publish import versions_with_weights
@@ -59,7 +61,7 @@ def run_evaluate(params: Params, root: str | Path = ".", device: str | None = No
 
     root = Path(root).resolve()
     state = hermetic(root / ".state")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)  # before MLflow: a device this machine lacks is one line
     spec = params.eval
     uri = default_tracking_uri(state)
     tags = lineage_tags(root, "evaluate") | {"stage": "evaluate", "profile": params.profile, "judge": spec.judge}
@@ -68,14 +70,16 @@ def run_evaluate(params: Params, root: str | Path = ".", device: str | None = No
         run.log_params({"eval": spec.model_dump(mode="json")})
         log(f"evaluate: judge {spec.judge} on {device}, models {', '.join(spec.models)}, MLflow run {run.run_id}")
         judge_spec = f"ar:{root / spec.judge[3:]}" if spec.judge.startswith("ar:") else spec.judge
-        judge = load_judge(judge_spec, state, device, tokenizer_dir=root / "data" / "tokenizer")
+        judge = load_judge(judge_spec, state, device, tokenizer_dir=root / "data" / "tokenizer",
+                           revision=spec.judge_revision)
         model_dirs = {name: root / "models" / name for name in spec.models}
         result = evaluate_models(spec, model_dirs, root / "data" / "tokens", root / "data" / "tokenizer",
-                                 root / "reports" / "eval", judge, device)
+                                 root / "reports" / "eval", judge, device, progress=True)
         metrics_file = root / "metrics" / "eval.json"
         metrics = {"eval": json.loads(result.files["metrics.json"].read_text(encoding="utf-8"))}
         write_json_atomic(metrics_file, metrics)
         run.log_metrics(_row_metrics(result.rows, result.reference), step=0)
+        log(headline(result.rows, result.reference, judge.name) + f"\n(full report: {result.files['report.md']})")
         run.log_artifacts(root / "reports" / "eval", "eval")
         run.log_artifact(metrics_file)
         client = MlflowClient(uri)

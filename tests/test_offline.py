@@ -1,4 +1,4 @@
-"""``tools/offline``: loopback only, and name lookups stay on loopback too (issue 4, hermetic runs)."""
+"""``tools/offline``: loopback only, and name lookups stay on loopback too."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 ``data.tokenizer`` -> :class:`TextTokenizer`: a ``tokenizers.Tokenizer`` plus the ids that wrap a
 document (BOS, EOS), the id that pads, and the exact vocabulary size ``V`` (every id is < ``V``;
 ``V`` sets the flow's schedule). Kinds: ``bpe`` (trained on the corpus' training split), ``gpt2``
-(offline, from ``gpt2.tiktoken``), ``hf`` (a pretrained tokenizer, Hub id or local file).
+(offline, from ``gpt2.tiktoken``), ``hf`` (a pretrained tokenizer, Hub id or local file), ``char``
+(one id per printable ASCII character, :func:`char_tokenizer`).
 
 A tokenizer directory holds ``tokenizer.json`` and ``meta.json``; ``meta.json`` carries the
 special ids, ``V`` and the SHA-256 of ``tokenizer.json`` (the tokenizer hash).
@@ -22,12 +23,13 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from flm.config import BPETokenizer, GPT2Tokenizer, HFTokenizer
+from flm.config import BPETokenizer, CharTokenizer, GPT2Tokenizer, HFTokenizer
 from flm.data.atomic import atomic_dir
 from flm.data.errors import DataError
 
 TOKENIZER_FORMAT = "flm.tokenizer/1"
-TOKENIZER_KINDS = ("bpe", "gpt2", "hf")
+TOKENIZER_KINDS = ("bpe", "char", "gpt2", "hf")
+CHAR_EOT, CHAR_PAD = "<|endoftext|>", "<|pad|>"
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class TextTokenizer:
 
     def save(self, out_dir: str | Path) -> None:
         """Write ``tokenizer.json`` and ``meta.json`` into ``out_dir``, atomically."""
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, "meta.json", TOKENIZER_FORMAT) as tmp:
             (tmp / "tokenizer.json").write_text(self.tokenizer.to_str(), encoding="utf-8")
             meta = {"format": TOKENIZER_FORMAT, **asdict(self.info)}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -113,14 +115,41 @@ def _build_bpe(spec: BPETokenizer, corpus_dir: str | Path | None, progress: bool
     return finish(tokenizer, "bpe", f"bpe-{spec.vocab_size}", eot, eot, pad)
 
 
+def char_tokenizer() -> Tokenizer:
+    """The ``char`` kind: ids ``0..94`` are the printable ASCII characters ``' '..'~'``, then EOT, PAD.
+
+    Normalizer: NFKD (``é`` -> ``e`` + a combining accent), every character outside ``' '..'~'`` and
+    white space dropped, then every run of white space -> one space. Each character is its own pre-token, so
+    ``encode(text).ids == [ord(c) - 32 for c in normalized(text)]``; the decoder fuses them back.
+    """
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
+
+    vocab = {chr(code): code - 32 for code in range(32, 127)}
+    vocab |= {CHAR_EOT: len(vocab), CHAR_PAD: len(vocab) + 1}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=CHAR_PAD))
+    tokenizer.normalizer = normalizers.Sequence([
+        normalizers.NFKD(),
+        normalizers.Replace(Regex(r"[^\x20-\x7E\s]"), ""),
+        normalizers.Replace(Regex(r"\s+"), " "),
+    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.add_special_tokens([CHAR_EOT, CHAR_PAD])
+    return tokenizer
+
+
 def build_tokenizer(
-    spec: BPETokenizer | GPT2Tokenizer | HFTokenizer,
+    spec: BPETokenizer | GPT2Tokenizer | HFTokenizer | CharTokenizer,
     corpus_dir: str | Path | None = None,
     progress: bool = True,
 ) -> TextTokenizer:
     """The factory: train or load the tokenizer that ``spec`` names."""
     if isinstance(spec, BPETokenizer):
         return _build_bpe(spec, corpus_dir, progress)
+    if isinstance(spec, CharTokenizer):
+        tokenizer = char_tokenizer()
+        eot = tokenizer.token_to_id(CHAR_EOT)
+        return finish(tokenizer, "char", "char-ascii", eot, eot, tokenizer.token_to_id(CHAR_PAD))
     if isinstance(spec, GPT2Tokenizer):
         from flm.data.gpt2 import EOT, gpt2_tokenizer
 

@@ -11,15 +11,18 @@ Interface (no dependence on how a model is loaded or sampled):
 real held-out text: ``n_samples`` blocks of the same length ``L`` drawn from the validation split
 (:class:`flm.data.blocks.TokenBlocks`, or any sequence of ``(L,)`` arrays). A row holds
 
-    model, kind, nfe, variant, options, gen_ppl, ci_low, ci_high, entropy, n_samples, n_tokens,
-    seconds_per_sequence, tokens_per_second, samples
+    model, kind, nfe, variant, options, gen_ppl, ci_low, ci_high, nll_per_byte, nll_per_byte_low,
+    nll_per_byte_high, entropy, n_samples, n_tokens, n_bytes, seconds_per_sequence, tokens_per_second,
+    samples
 
-``gen_ppl`` with its bootstrap interval and ``entropy`` (mean over samples, nats, of each sample's
+``gen_ppl`` and ``nll_per_byte`` (the judge's NLL per UTF-8 byte of the scored text, from the same
+judge pass) with their bootstrap intervals and ``entropy`` (mean over samples, nats, of each sample's
 own token histogram in the model's vocabulary) as in :mod:`flm.eval.metrics`; ``n_tokens`` counts
-judge tokens; ``seconds_per_sequence`` and ``tokens_per_second`` (model tokens) time the sampling
-only (``None`` for the reference); ``samples`` holds the first ``n_show`` decoded texts. Sampling runs in chunks of
-``batch_size``; chunk ``k`` gets the seed ``SeedSequence([seed, k])``, so every row except its two
-timing fields is a function of the seed (for deterministic samplers).
+judge tokens, ``n_bytes`` the bytes they cover; ``seconds_per_sequence`` and ``tokens_per_second``
+(model tokens) time the sampling only (``None`` for the reference); ``samples`` holds the first
+``n_show`` decoded texts. Sampling runs in chunks of ``batch_size``; chunk ``k`` gets the seed
+``SeedSequence([seed, k])``, so every row except its two timing fields is a function of the seed (for
+deterministic samplers).
 """
 
 from __future__ import annotations
@@ -82,11 +85,12 @@ def _row(
     texts: list[str],
     nll: np.ndarray,
     count: np.ndarray,
+    n_bytes: np.ndarray,
     seconds: float | None,
     settings: EvalSettings,
 ) -> dict[str, Any]:
     """``head`` + metrics + timing (``None`` when not timed) + the first texts."""
-    metrics = sample_metrics(nll, count, ids, settings.n_boot, settings.level, settings.seed)
+    metrics = sample_metrics(nll, count, n_bytes, ids, settings.n_boot, settings.level, settings.seed)
     n_model_tokens = sum(len(s) for s in ids)
     return {
         **head,
@@ -103,7 +107,7 @@ def evaluate_entry(
     """The row of one entry: sample ``n_samples`` sequences in chunks, decode, judge (module docstring)."""
     ids: list[list[int]] = []
     texts: list[str] = []
-    nll, count = [], []
+    nll, count, n_bytes = [], [], []
     seconds = 0.0
     chunks = range(0, settings.n_samples, settings.batch_size)
     label = f"{entry.model} {entry.variant} nfe={entry.nfe}"
@@ -120,6 +124,7 @@ def evaluate_entry(
         texts += chunk_texts
         nll.append(chunk_nll)
         count.append(chunk_count)
+        n_bytes.append(judge.scored_bytes(chunk_texts))
     head = {
         "model": entry.model,
         "kind": entry.kind,
@@ -127,7 +132,7 @@ def evaluate_entry(
         "variant": entry.variant,
         "options": dict(entry.options),
     }
-    return _row(head, ids, texts, np.concatenate(nll), np.concatenate(count), seconds, settings)
+    return _row(head, ids, texts, *map(np.concatenate, (nll, count, n_bytes)), seconds, settings)
 
 
 def evaluate(
@@ -146,10 +151,11 @@ def reference_row(
     picks = np.sort(np.random.default_rng(settings.seed).choice(len(blocks), size=n, replace=False))
     ids = [[int(t) for t in blocks[int(i)]] for i in picks]
     texts = [decode(s) for s in ids]
-    nll, count = [], []
+    nll, count, n_bytes = [], [], []
     for start in tqdm(range(0, n, settings.batch_size), desc="held-out text", disable=not settings.progress):
         chunk_nll, chunk_count = judge.nll(texts[start : start + settings.batch_size])
         nll.append(chunk_nll)
         count.append(chunk_count)
+        n_bytes.append(judge.scored_bytes(texts[start : start + settings.batch_size]))
     head = {"model": "data", "kind": "reference", "nfe": 0, "variant": "held-out", "options": {}}
-    return _row(head, ids, texts, np.concatenate(nll), np.concatenate(count), None, settings)
+    return _row(head, ids, texts, *map(np.concatenate, (nll, count, n_bytes)), None, settings)

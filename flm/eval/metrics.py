@@ -1,8 +1,14 @@
 """Generative perplexity, its bootstrap interval, and the entropy of samples (MATH.md §4).
 
 All inputs are per sample: ``nll`` the summed judge NLL in nats and ``count`` the scored tokens
-(from :meth:`flm.eval.judge.Judge.nll`), ``ids`` the sample's own token ids (the generating model's
-vocabulary, not the judge's). Everything is computed in float64.
+(from :meth:`flm.eval.judge.Judge.nll`), ``n_bytes`` the UTF-8 bytes of the text those tokens cover
+(:meth:`flm.eval.judge.Judge.scored_bytes`), ``ids`` the sample's own token ids (the generating
+model's vocabulary, not the judge's). Everything is computed in float64.
+
+Two scores come from the same judge pass: Gen PPL ``exp(Σ nll / Σ count)`` depends on how the texts
+re-tokenize under the judge; NLL per byte ``Σ nll / Σ n_bytes`` does not (MATH.md §4), and is the one
+to compare models whose samples tokenize differently (character salad splits into many short judge
+tokens, each only moderately unlikely, and can score a better Gen PPL than word-like text).
 """
 
 from __future__ import annotations
@@ -13,7 +19,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SampleMetrics", "bootstrap_ci", "gen_ppl", "mean_entropy", "sample_entropy", "sample_metrics"]
+__all__ = [
+    "SampleMetrics",
+    "bootstrap_ci",
+    "gen_ppl",
+    "mean_entropy",
+    "nll_per_byte",
+    "nll_per_byte_ci",
+    "sample_entropy",
+    "sample_metrics",
+]
 
 
 def gen_ppl(nll: np.ndarray, count: np.ndarray) -> float:
@@ -22,6 +37,27 @@ def gen_ppl(nll: np.ndarray, count: np.ndarray) -> float:
     if total <= 0:
         raise ValueError("gen_ppl: no scored tokens")
     return float(np.exp(np.sum(np.asarray(nll, dtype=np.float64)) / total))
+
+
+def nll_per_byte(nll: np.ndarray, n_bytes: np.ndarray) -> float:
+    """Judge NLL per UTF-8 byte of the scored text, ``Σ_i nll_i / Σ_i n_bytes_i`` (nats/byte); ``(N,)`` each."""
+    total = float(np.sum(n_bytes))
+    if total <= 0:
+        raise ValueError("nll_per_byte: no scored bytes")
+    return float(np.sum(np.asarray(nll, dtype=np.float64)) / total)
+
+
+def _resampled_ratios(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """``(n_boot,)`` ratios ``Σ num[idx_b] / Σ den[idx_b]`` over resamples ``idx_b`` of the ``N`` samples
+    (``(N,)`` indices with replacement, drawn by ``numpy.random.default_rng(seed)``; a zero ``Σ den`` counts 1)."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(num), size=(n_boot, len(num)))
+    return num[idx].sum(axis=1) / np.maximum(den[idx].sum(axis=1), 1.0)
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def bootstrap_ci(
@@ -33,11 +69,15 @@ def bootstrap_ci(
     (``idx_b``: ``(N,)`` indices drawn by ``numpy.random.default_rng(seed)``); the interval is their
     ``(1-level)/2`` and ``(1+level)/2`` quantiles.
     """
-    nll, count = np.asarray(nll, dtype=np.float64), np.asarray(count, dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(nll), size=(n_boot, len(nll)))
-    ppl = np.exp(nll[idx].sum(axis=1) / np.maximum(count[idx].sum(axis=1), 1.0))
-    low, high = np.quantile(ppl, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+    return _interval(np.exp(_resampled_ratios(nll, count, n_boot, seed)), level)
+
+
+def nll_per_byte_ci(
+    nll: np.ndarray, n_bytes: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of :func:`nll_per_byte`: the same resamples as :func:`bootstrap_ci`
+    for the same ``seed`` (``Σ nll[idx_b] / Σ n_bytes[idx_b]``, quantiles ``(1∓level)/2``)."""
+    return _interval(_resampled_ratios(nll, n_bytes, n_boot, seed), level)
 
 
 def sample_entropy(ids: Sequence[int] | np.ndarray) -> float:
@@ -59,14 +99,19 @@ def mean_entropy(samples: Sequence[Sequence[int]]) -> float:
 
 @dataclass(frozen=True)
 class SampleMetrics:
-    """Gen PPL with its bootstrap interval, mean sample entropy (nats), samples and scored judge tokens."""
+    """Gen PPL and NLL per byte (nats) with their bootstrap intervals, mean sample entropy (nats),
+    samples, scored judge tokens and scored bytes."""
 
     gen_ppl: float
     ci_low: float
     ci_high: float
+    nll_per_byte: float
+    nll_per_byte_low: float
+    nll_per_byte_high: float
     entropy: float
     n_samples: int
     n_tokens: int
+    n_bytes: int
 
     def to_dict(self) -> dict[str, Any]:
         """Plain fields, for JSON rows."""
@@ -76,11 +121,17 @@ class SampleMetrics:
 def sample_metrics(
     nll: np.ndarray,
     count: np.ndarray,
+    n_bytes: np.ndarray,
     samples: Sequence[Sequence[int]],
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
 ) -> SampleMetrics:
-    """All metrics of one set of samples: judge scores ``nll``, ``count`` ``(N,)`` and token ids ``samples``."""
+    """All metrics of one set of samples: judge scores ``nll``, ``count``, ``n_bytes`` ``(N,)`` and token ids
+    ``samples``."""
     low, high = bootstrap_ci(nll, count, n_boot, level, seed)
-    return SampleMetrics(gen_ppl(nll, count), low, high, mean_entropy(samples), len(nll), int(np.sum(count)))
+    byte_low, byte_high = nll_per_byte_ci(nll, n_bytes, n_boot, level, seed)
+    return SampleMetrics(
+        gen_ppl(nll, count), low, high, nll_per_byte(nll, n_bytes), byte_low, byte_high,
+        mean_entropy(samples), len(nll), int(np.sum(count)), int(np.sum(n_bytes)),
+    )

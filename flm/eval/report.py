@@ -3,16 +3,24 @@
 :func:`write_report` writes into ``out_dir``:
 
 * ``metrics.json`` (DVC metrics): ``{"reference": {...}, MODEL: {VARIANT: {"nfe=N": {...}}}}`` with
-  ``gen_ppl``, ``ci_low``, ``ci_high``, ``entropy``, ``seconds_per_sequence`` per entry;
+  ``nll_per_byte`` (and its interval), ``gen_ppl``, ``ci_low``, ``ci_high``, ``entropy``,
+  ``degenerate``, ``seconds_per_sequence`` per entry;
 * ``rows.json``: every row as given, sample texts and sampler options included;
-* ``gen_ppl_vs_nfe.csv`` (DVC plots): ``model, variant, nfe, gen_ppl, ci_low, ci_high, entropy,
-  seconds_per_sequence``, one line per entry;
-* ``gen_ppl_vs_entropy.csv`` (DVC plots): ``model, variant, nfe, entropy, gen_ppl``, the reference
-  included as model ``data``;
-* ``report.md``: the table (Gen PPL ± interval, entropy, time per sequence; rows by model, variant
-  and NFE), the held-out reference line, and the sample texts per model and NFE;
-* ``gen_ppl_vs_nfe.png`` (log2 NFE axis, one curve per model and variant with its interval band, the
-  reference as a dashed line) and ``gen_ppl_vs_entropy.png`` (matplotlib, Agg canvas, no pyplot).
+* ``gen_ppl_vs_nfe.csv`` (DVC plots): ``model, variant, nfe, nll_per_byte, nll_per_byte_low,
+  nll_per_byte_high, gen_ppl, ci_low, ci_high, entropy, degenerate, seconds_per_sequence``, one line
+  per entry;
+* ``gen_ppl_vs_entropy.csv`` (DVC plots): ``model, variant, nfe, entropy, gen_ppl, nll_per_byte,
+  degenerate``, the reference included as model ``data``;
+* ``report.md``: the headline (:func:`flm.eval.headline.headline`: the claim's rows side by side),
+  then the full table (NLL per byte and Gen PPL ± interval, entropy, time per sequence; rows by
+  model, variant and NFE; ⚠ on rows below the entropy floor), the held-out reference line, and
+  the sample texts per model and NFE;
+* ``nll_per_byte_vs_nfe.png`` and ``gen_ppl_vs_nfe.png`` (log2 NFE axis, one curve per model and
+  variant with its interval band, the reference as a dashed line) and ``gen_ppl_vs_entropy.png``
+  (the entropy floor shaded); rows below the floor are drawn as red crosses in every plot
+  (matplotlib, Agg canvas, no pyplot).
+
+A row's ``degenerate`` flag comes from :func:`flm.eval.headline.mark_degenerate` (absent: not flagged).
 """
 
 from __future__ import annotations
@@ -23,13 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from flm.data.atomic import write_json_atomic
+from flm.eval.headline import headline
 
 __all__ = ["write_report"]
 
 Row = Mapping[str, Any]
-NFE_COLUMNS = ["model", "variant", "nfe", "gen_ppl", "ci_low", "ci_high", "entropy", "seconds_per_sequence"]
-ENTROPY_COLUMNS = ["model", "variant", "nfe", "entropy", "gen_ppl"]
-SCORES = ["gen_ppl", "ci_low", "ci_high", "entropy"]
+BYTE_SCORES = ["nll_per_byte", "nll_per_byte_low", "nll_per_byte_high"]
+SCORES = [*BYTE_SCORES, "gen_ppl", "ci_low", "ci_high", "entropy"]
+NFE_COLUMNS = ["model", "variant", "nfe", *SCORES, "degenerate", "seconds_per_sequence"]
+ENTROPY_COLUMNS = ["model", "variant", "nfe", "entropy", "gen_ppl", "nll_per_byte", "degenerate"]
+DEGENERATE = "below the entropy floor (degenerate)"
 
 
 def _curves(rows: Sequence[Row]) -> list[tuple[str, list[Row]]]:
@@ -45,16 +56,20 @@ def _metrics(rows: Sequence[Row], reference: Row | None) -> dict[str, Any]:
     if reference is not None:
         out["reference"] = {key: reference[key] for key in SCORES}
     for row in rows:
-        scores = {key: row[key] for key in [*SCORES, "seconds_per_sequence"]}
+        scores = {key: row[key] for key in [*SCORES, "seconds_per_sequence"]} | {"degenerate": _degenerate(row)}
         out.setdefault(row["model"], {}).setdefault(row["variant"], {})[f"nfe={row['nfe']}"] = scores
     return out
+
+
+def _degenerate(row: Row) -> bool:
+    return bool(row.get("degenerate", False))
 
 
 def _write_csv(path: Path, rows: Sequence[Row], columns: list[str]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "degenerate": _degenerate(row)} for row in rows)
 
 
 def _cell(value: Any, fmt: str = "{:.2f}") -> str:
@@ -63,9 +78,11 @@ def _cell(value: Any, fmt: str = "{:.2f}") -> str:
 
 def _table_line(row: Row) -> str:
     cells = [
-        row["model"],
+        row["model"] + (" ⚠" if _degenerate(row) else ""),
         row["variant"].replace("|", "\\|"),
         str(row["nfe"]) if row["nfe"] else "—",
+        f"{row['nll_per_byte']:.3f}",
+        f"[{row['nll_per_byte_low']:.3f}, {row['nll_per_byte_high']:.3f}]",
         f"{row['gen_ppl']:.2f}",
         f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]",
         f"{row['entropy']:.3f}",
@@ -76,18 +93,23 @@ def _table_line(row: Row) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _markdown(rows: Sequence[Row], reference: Row | None, title: str) -> str:
+def _markdown(rows: Sequence[Row], reference: Row | None, title: str, judge: str) -> str:
     lines = [f"# {title}", ""]
     if reference is not None:
+        lines += [headline(rows, reference, judge), "", "## Every row", ""]
         lines += [
-            f"Held-out text (the reference line): Gen PPL {reference['gen_ppl']:.2f} "
-            f"[{reference['ci_low']:.2f}, {reference['ci_high']:.2f}], entropy {reference['entropy']:.3f} nats, "
-            f"{reference['n_samples']} blocks.",
+            f"Held-out text (the reference line): NLL per byte {reference['nll_per_byte']:.3f} "
+            f"[{reference['nll_per_byte_low']:.3f}, {reference['nll_per_byte_high']:.3f}], Gen PPL "
+            f"{reference['gen_ppl']:.2f} [{reference['ci_low']:.2f}, {reference['ci_high']:.2f}], entropy "
+            f"{reference['entropy']:.3f} nats, {reference['n_samples']} blocks.",
             "",
         ]
+    if any(_degenerate(r) for r in rows):
+        lines += [f"⚠: {DEGENERATE}.", ""]
     lines += [
-        "| model | variant | NFE | Gen PPL | bootstrap CI | entropy (nats) | s / sequence | tokens / s | samples |",
-        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| model | variant | NFE | NLL / byte | bootstrap CI | Gen PPL | bootstrap CI | entropy (nats) | s / sequence "
+        "| tokens / s | samples |",
+        "| --- | --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     ordered = ([reference] if reference is not None else []) + [r for _, curve in _curves(rows) for r in curve]
     lines += [_table_line(row) for row in ordered]
@@ -109,50 +131,75 @@ def _axes():
     return fig, fig.add_subplot()
 
 
-def _save(fig, ax, path: Path, xlabel: str) -> None:
-    """Log Gen PPL axis with plain numbers, labels, grid, legend; write the PNG."""
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str = "Gen PPL (judge)", log: bool = True) -> Any:
+    """Log (Gen PPL) or linear (NLL per byte) y axis with plain numbers, labels, grid, legend; write the PNG."""
     from matplotlib.ticker import FuncFormatter
 
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
+    if log:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("Gen PPL (judge)")
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
+    return fig
 
 
-def _plot_nfe(path: Path, rows: Sequence[Row], reference: Row | None) -> None:
+def _mark_degenerate(ax, rows: Sequence[Row], x: str, y: str) -> None:
+    """Red crosses over the rows below the entropy floor (one legend entry)."""
+    bad = [r for r in rows if _degenerate(r)]
+    if bad:
+        ax.plot([r[x] for r in bad], [r[y] for r in bad], marker="x", markersize=11, markeredgewidth=2,
+                color="red", linestyle="", label=DEGENERATE, zorder=5)
+
+
+def _plot_nfe(path: Path, rows: Sequence[Row], reference: Row | None, score: str = "gen_ppl") -> Any:
+    """``score`` (``gen_ppl`` or ``nll_per_byte``) against NFE, one curve per model and variant; the figure."""
+    low_key, high_key = ("ci_low", "ci_high") if score == "gen_ppl" else (f"{score}_low", f"{score}_high")
     fig, ax = _axes()
     for label, curve in _curves(rows):
         nfe = [r["nfe"] for r in curve]
-        (line,) = ax.plot(nfe, [r["gen_ppl"] for r in curve], marker="o", label=label)
-        low, high = [r["ci_low"] for r in curve], [r["ci_high"] for r in curve]
+        (line,) = ax.plot(nfe, [r[score] for r in curve], marker="o", label=label)
+        low, high = [r[low_key] for r in curve], [r[high_key] for r in curve]
         ax.fill_between(nfe, low, high, color=line.get_color(), alpha=0.2)
+    _mark_degenerate(ax, rows, "nfe", score)
     if reference is not None:
-        label = f"held-out text ({reference['gen_ppl']:.1f})"
-        ax.axhline(reference["gen_ppl"], color="black", linestyle="--", label=label)
+        label = f"held-out text ({reference[score]:.{1 if score == 'gen_ppl' else 3}f})"
+        ax.axhline(reference[score], color="black", linestyle="--", label=label)
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter("{x:g}")
-    _save(fig, ax, path, "NFE (sampling steps)")
+    if score == "gen_ppl":
+        return _save(fig, ax, path, "NFE (sampling steps)")
+    return _save(fig, ax, path, "NFE (sampling steps)", "judge NLL per byte (nats)", log=False)
 
 
-def _plot_entropy(path: Path, rows: Sequence[Row], reference: Row | None) -> None:
+def _plot_entropy(path: Path, rows: Sequence[Row], reference: Row | None, floor: float | None) -> Any:
+    """Gen PPL against mean sample entropy, NFEs annotated, the entropy floor shaded; the figure."""
     fig, ax = _axes()
     for label, curve in _curves(rows):
         ax.plot([r["entropy"] for r in curve], [r["gen_ppl"] for r in curve], marker="o", label=label)
         for r in curve:
             xy = (r["entropy"], r["gen_ppl"])
             ax.annotate(str(r["nfe"]), xy, fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+    _mark_degenerate(ax, rows, "entropy", "gen_ppl")
     if reference is not None:
         xy = ([reference["entropy"]], [reference["gen_ppl"]])
         ax.plot(*xy, marker="*", markersize=14, color="black", linestyle="", label="held-out text")
-    _save(fig, ax, path, "mean sample entropy (nats)")
+        if floor is not None:
+            ax.axvspan(min(0.0, *(r["entropy"] for r in rows)), floor * reference["entropy"], color="red",
+                       alpha=0.08, label=f"entropy < {floor:g} × held-out (degenerate)")
+    return _save(fig, ax, path, "mean sample entropy (nats)")
 
 
 def write_report(
-    rows: Sequence[Row], out_dir: str | Path, reference: Row | None = None, title: str = "Generative perplexity"
+    rows: Sequence[Row],
+    out_dir: str | Path,
+    reference: Row | None = None,
+    title: str = "Generative perplexity",
+    judge: str = "the judge",
+    entropy_floor: float | None = None,
 ) -> dict[str, Path]:
     """Write the files listed in the module docstring into ``out_dir`` (created); return them by name."""
     out = Path(out_dir)
@@ -165,6 +212,7 @@ def write_report(
             "gen_ppl_vs_nfe.csv",
             "gen_ppl_vs_entropy.csv",
             "report.md",
+            "nll_per_byte_vs_nfe.png",
             "gen_ppl_vs_nfe.png",
             "gen_ppl_vs_entropy.png",
         )
@@ -173,7 +221,8 @@ def write_report(
     write_json_atomic(paths["rows.json"], {"reference": reference, "rows": list(rows)})
     _write_csv(paths["gen_ppl_vs_nfe.csv"], [r for _, curve in _curves(rows) for r in curve], NFE_COLUMNS)
     _write_csv(paths["gen_ppl_vs_entropy.csv"], ([reference] if reference else []) + list(rows), ENTROPY_COLUMNS)
-    paths["report.md"].write_text(_markdown(rows, reference, title) + "\n", encoding="utf-8")
+    paths["report.md"].write_text(_markdown(rows, reference, title, judge) + "\n", encoding="utf-8")
+    _plot_nfe(paths["nll_per_byte_vs_nfe.png"], rows, reference, "nll_per_byte")
     _plot_nfe(paths["gen_ppl_vs_nfe.png"], rows, reference)
-    _plot_entropy(paths["gen_ppl_vs_entropy.png"], rows, reference)
+    _plot_entropy(paths["gen_ppl_vs_entropy.png"], rows, reference, entropy_floor)
     return paths

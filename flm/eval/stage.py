@@ -11,7 +11,9 @@ builds its :class:`~flm.eval.evaluate.Entry` list (:func:`model_entries`):
 * ``ar``: one row, NFE ``L`` (one cached network call per position; ``autoregressive``);
 
 samples ``L`` tokens per sequence (``L`` of ``data/tokens``), judges them, adds the reference row
-of ``n_samples`` held-out validation blocks, and writes the report (:func:`flm.eval.report.write_report`).
+of ``n_samples`` held-out validation blocks, flags the rows below ``entropy_floor`` × the reference
+entropy (:func:`flm.eval.headline.mark_degenerate`) and writes the report
+(:func:`flm.eval.report.write_report`, headed by :func:`flm.eval.headline.headline`).
 
 **Decoding.** Samples and held-out blocks are packed streams: a document separator (the data
 tokenizer's EOS, and its BOS when distinct) may appear anywhere. :func:`separator_decoder` decodes
@@ -35,6 +37,7 @@ from typing import Any
 from flm.config import EvalParams
 from flm.data.blocks import TokenBlocks
 from flm.eval.evaluate import Entry, EvalSettings, evaluate, reference_row
+from flm.eval.headline import mark_degenerate
 from flm.eval.judge import Judge
 from flm.eval.report import write_report
 from flm.registry import promote as tags
@@ -118,9 +121,9 @@ def evaluate_models(
                              f"V = {blocks.vocab_size}")
         entries += model_entries(name, generator, params, blocks.seq_len)
     reference = reference_row(blocks, decode, judge, settings)
-    rows = evaluate(entries, decode, judge, settings)
-    title = f"Generative perplexity (judge {judge.name}, {params.n_samples} samples, seed {params.seed})"
-    files = write_report(rows, out_dir, reference, title=title)
+    rows = mark_degenerate(evaluate(entries, decode, judge, settings), reference, params.entropy_floor)
+    title = f"Evaluation (judge {judge.name}, {params.n_samples} samples, seed {params.seed})"
+    files = write_report(rows, out_dir, reference, title=title, judge=judge.name, entropy_floor=params.entropy_floor)
     return EvalResult(rows, reference, files)
 
 

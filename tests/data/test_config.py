@@ -10,6 +10,7 @@ import yaml
 
 from flm.config import (
     BPETokenizer,
+    CharTokenizer,
     ConfigError,
     FilesSource,
     GPT2Tokenizer,
@@ -30,8 +31,12 @@ def test_repo_params_laptop_default() -> None:
     params = load_params(REPO / "params.yaml", profile="laptop")
     assert params.profile == "laptop"
     assert params.data.source == PackagedSource(corpora=("bbc_news", "wikipedia"), val_fraction=0.05)
-    assert params.data.tokenizer == BPETokenizer(vocab_size=4096, min_frequency=2)
+    assert params.data.tokenizer == CharTokenizer()
     assert params.data.packing.seq_len == 128
+    smoke = load_params(REPO / "params.yaml", profile="smoke")
+    assert smoke.data.tokenizer == BPETokenizer(vocab_size=4096, min_frequency=2)
+    assert (smoke.data.source, smoke.data.packing) == (params.data.source, params.data.packing)
+    assert (smoke.train.steps, smoke.distill.steps, smoke.ar.steps, smoke.mdlm.steps) == (300, 120, 300, 300)
 
 
 def test_repo_params_paper_profiles() -> None:

@@ -1,4 +1,4 @@
-"""Every tokenizer kind: bpe (trained here), gpt2 (offline file), hf (local stand-ins)."""
+"""Every tokenizer kind: char (fixed), bpe (trained here), gpt2 (offline file), hf (local stand-ins)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from flm.config import BPETokenizer, FilesSource, GPT2Tokenizer, HFTokenizer
+from flm.config import BPETokenizer, CharTokenizer, DataParams, FilesSource, GPT2Tokenizer, HFTokenizer
 from flm.data.corpus import build_corpus
 from flm.data.errors import DataError
 from flm.data.tokenizer import TextTokenizer, build_tokenizer, load_tokenizer
@@ -27,6 +27,33 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory, small_docs: list[str]) 
 @pytest.fixture(scope="module")
 def gpt2() -> TextTokenizer:
     return build_tokenizer(GPT2Tokenizer(), progress=False)
+
+
+# ----------------------------------------------------------------------------- char
+def test_char_ids_are_printable_ascii_codes(tmp_path: Path) -> None:
+    tok = build_tokenizer(CharTokenizer(), progress=False)
+    info = tok.info
+    assert (info.kind, info.name, info.vocab_size, info.bos_id, info.eos_id, info.pad_id) == (
+        "char", "char-ascii", 97, 95, 95, 96)
+    text = "The cat, 42 ~ {ok}!"
+    assert tok.encode_batch([text])[0] == [ord(c) - 32 for c in text]
+    assert tok.decode(tok.wrap(tok.encode_batch([text])[0])) == text  # separators dropped when decoding
+    assert DataParams(tokenizer="char").tokenizer == CharTokenizer()
+    tok.save(tmp_path / "tok")
+    assert load_tokenizer(tmp_path / "tok").info == info
+
+
+@pytest.mark.parametrize(("text", "normalized"), [
+    ("Café déjà vu", "Cafe deja vu"),                      # NFKD: the accent is dropped, the letter kept
+    ("one\n\ntwo\t three", "one two three"),               # every run of white space is one space
+    ("a — b “quoted” ﬁne", "a b quoted fine"),             # other non-ASCII goes (the ligature decomposes)
+    ("fake <|endoftext|> separator", "fake <|endoftext|> separator"),  # specials in text stay text
+])
+def test_char_normalization(text: str, normalized: str) -> None:
+    tok = build_tokenizer(CharTokenizer(), progress=False)
+    ids = tok.encode_batch([text])[0]
+    assert tok.decode(ids) == normalized
+    assert ids == [ord(c) - 32 for c in normalized] and max(ids) < 95
 
 
 # ----------------------------------------------------------------------------- bpe

@@ -1,4 +1,4 @@
-"""Gen PPL, bootstrap interval and sample entropy on hand-checkable inputs (float64)."""
+"""Gen PPL, NLL per byte, their bootstrap intervals and sample entropy on hand-checkable inputs (float64)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from flm.eval.metrics import bootstrap_ci, gen_ppl, mean_entropy, sample_entropy, sample_metrics
+from flm.eval.metrics import (
+    bootstrap_ci,
+    gen_ppl,
+    mean_entropy,
+    nll_per_byte,
+    nll_per_byte_ci,
+    sample_entropy,
+    sample_metrics,
+)
 
 
 def test_gen_ppl_is_token_weighted() -> None:
@@ -59,9 +67,32 @@ def test_bootstrap_interval_shrinks_with_more_samples() -> None:
 
 def test_sample_metrics_fields() -> None:
     nll, count = _scores(30, 2)
-    result = sample_metrics(nll, count, [[1, 2, 3, 4]] * 30, n_boot=200)
+    n_bytes = count * 4 + 1
+    result = sample_metrics(nll, count, n_bytes, [[1, 2, 3, 4]] * 30, n_boot=200)
     assert result.gen_ppl == gen_ppl(nll, count)
     assert result.ci_low < result.gen_ppl < result.ci_high
+    assert result.nll_per_byte == nll_per_byte(nll, n_bytes) == pytest.approx(nll.sum() / n_bytes.sum(), rel=1e-15)
+    assert result.nll_per_byte_low < result.nll_per_byte < result.nll_per_byte_high
     assert result.entropy == pytest.approx(math.log(4), abs=1e-15)
-    assert (result.n_samples, result.n_tokens) == (30, int(count.sum()))
-    assert set(result.to_dict()) == {"gen_ppl", "ci_low", "ci_high", "entropy", "n_samples", "n_tokens"}
+    assert (result.n_samples, result.n_tokens, result.n_bytes) == (30, int(count.sum()), int(n_bytes.sum()))
+    assert set(result.to_dict()) == {"gen_ppl", "ci_low", "ci_high", "nll_per_byte", "nll_per_byte_low",
+                                     "nll_per_byte_high", "entropy", "n_samples", "n_tokens", "n_bytes"}
+
+
+def test_nll_per_byte_is_byte_weighted() -> None:
+    # two samples: 6 nats over 3 bytes and 2 nats over 5 bytes -> 8 / 8, not the mean of 2.0 and 0.4
+    assert nll_per_byte(np.array([6.0, 2.0]), np.array([3, 5])) == 1.0
+    with pytest.raises(ValueError, match="no scored bytes"):
+        nll_per_byte(np.zeros(2), np.zeros(2, dtype=np.int64))
+
+
+def test_per_byte_interval_uses_the_gen_ppl_resamples() -> None:
+    """Same seed, same resamples: with bytes == tokens the per-byte interval is the log of Gen PPL's.
+
+    401 resamples put the 2.5 % and 97.5 % quantiles on resamples 10 and 390 exactly (no interpolation,
+    which would not commute with exp)."""
+    nll, count = _scores(100, 5)
+    low, high = nll_per_byte_ci(nll, count, n_boot=401, seed=7)
+    ppl_low, ppl_high = bootstrap_ci(nll, count, n_boot=401, seed=7)
+    assert (math.exp(low), math.exp(high)) == pytest.approx((ppl_low, ppl_high), rel=1e-12)
+    assert low < nll_per_byte(nll, count) < high

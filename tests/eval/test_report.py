@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from flm.eval.report import ENTROPY_COLUMNS, NFE_COLUMNS, write_report
+from flm.eval.headline import mark_degenerate
+from flm.eval.report import DEGENERATE, ENTROPY_COLUMNS, NFE_COLUMNS, _plot_entropy, _plot_nfe, write_report
 
 
 def _row(model: str, variant: str, nfe: int, ppl: float, entropy: float) -> dict:
+    per_byte = math.log(ppl) / 4
     return {
         "model": model,
         "kind": variant.split()[0],
@@ -21,6 +24,9 @@ def _row(model: str, variant: str, nfe: int, ppl: float, entropy: float) -> dict
         "gen_ppl": ppl,
         "ci_low": ppl * 0.9,
         "ci_high": ppl * 1.1,
+        "nll_per_byte": per_byte,
+        "nll_per_byte_low": per_byte - 0.02,
+        "nll_per_byte_high": per_byte + 0.02,
         "entropy": entropy,
         "n_samples": 16,
         "n_tokens": 16 * 130,
@@ -59,7 +65,9 @@ def test_write_report(tmp_path: Path, rows: list[dict], monkeypatch: pytest.Monk
     assert entropy_rows[0]["model"] == "data"
 
     markdown = paths["report.md"].read_text()
-    table = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert markdown.index("## One forward pass vs several") < markdown.index("## Every row")
+    every = markdown.split("## Every row", 1)[1]
+    table = [line for line in every.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(table) == len(rows) + 1
     for row in [reference, *rows]:
         assert any(
@@ -69,12 +77,12 @@ def test_write_report(tmp_path: Path, rows: list[dict], monkeypatch: pytest.Monk
     assert table[0].startswith("| data |") and table[5].startswith("| fmlm | flow_map | 1 |")
     assert (
         "sample at 64 steps | with a pipe" in markdown
-        and "Held-out text (the reference line): Gen PPL 35.00" in markdown
+        and "Held-out text (the reference line): NLL per byte 0.889 [0.869, 0.909], Gen PPL 35.00" in markdown
     )
 
     from PIL import Image
 
-    for name in ("gen_ppl_vs_nfe.png", "gen_ppl_vs_entropy.png"):
+    for name in ("nll_per_byte_vs_nfe.png", "gen_ppl_vs_nfe.png", "gen_ppl_vs_entropy.png"):
         with Image.open(paths[name]) as image:
             image.verify()
             assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
@@ -85,3 +93,56 @@ def test_report_without_reference(tmp_path: Path, rows: list[dict], monkeypatch:
     paths = write_report(rows[:1], tmp_path)
     assert "reference" not in json.loads(paths["metrics.json"].read_text())
     assert "Held-out" not in paths["report.md"].read_text()
+
+
+def _claim_rows() -> tuple[list[dict], dict]:
+    """FMLM at 1 and 4 steps, MDLM at 1..8, FLM at 8 and 128 (degenerate at 128), AR, and the reference."""
+    rows = [_row("fmlm", "flow_map", 1, 60.0, 4.1), _row("fmlm", "flow_map", 4, 50.0, 4.2),
+            _row("fmlm", "flow_map renoise=0.8", 1, 70.0, 4.2), _row("ar", "autoregressive", 16, 40.0, 4.3)]
+    rows += [_row("mdlm", "ancestral", n, ppl, 4.3) for n, ppl in ((1, 400.0), (2, 200.0), (4, 62.0), (8, 20.0))]
+    rows += [_row("flm", "euler", n, ppl, h) for n, ppl, h in ((1, 500.0, 4.0), (8, 80.0, 4.0), (128, 9.0, 0.5))]
+    reference = {**_row("data", "held-out", 0, 35.0, 4.3), "seconds_per_sequence": None, "tokens_per_second": None}
+    return mark_degenerate(rows, reference, 0.8), reference
+
+
+def test_the_report_leads_with_the_claim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    rows, reference = _claim_rows()
+    assert [r["degenerate"] for r in rows if r["model"] == "flm"] == [False, False, True]  # 0.5 < 0.8 x 4.3
+    markdown = write_report(rows, tmp_path, reference, judge="smollm2")["report.md"].read_text()
+    lead = markdown.split("## Every row")[0]
+    table = [line for line in lead.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    labels = [line.split(" | ")[0] for line in table]
+    assert labels == ["| FMLM · 1 step", "| FMLM · 4 steps", "| MDLM · 1 step", "| MDLM · 2 steps", "| MDLM · 4 steps",
+                      "| MDLM · 8 steps", "| FLM · 8 steps", "| FLM · 128 steps ⚠", "| AR (16 cached calls)",
+                      "| held-out text"]
+    assert "| 1.024 [1.004, 1.044] | 60.0 [54.0, 66.0] | 4.100 | `fmlm sample at 1 steps \\| with a pipe` |" in table[0]
+    # NLL per byte = log(ppl) / 4 with +-0.02 intervals: 60 vs 400 and 200 separate, 60 vs 62 overlap, 20 is better
+    assert "- FMLM · 1 step vs MDLM · 1 step: better (intervals separate)" in lead
+    assert "- FMLM · 1 step vs MDLM · 2 steps: better (intervals separate)" in lead
+    assert "- FMLM · 1 step vs MDLM · 4 steps: better (intervals overlap)" in lead
+    assert "- FMLM · 1 step vs MDLM · 8 steps: worse (intervals separate)" in lead
+    assert f"- FLM · 128 steps vs FLM · 8 steps: not compared: FLM · 128 steps {DEGENERATE}" in lead
+    assert f"(its teacher): {math.log(50) / math.log(9) - 1:+.1%} NLL per byte" in lead
+    assert f"⚠: {DEGENERATE}." in markdown and "| flm ⚠ | euler | 128 |" in markdown
+
+
+def test_degenerate_rows_are_flagged_in_files_and_drawn_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    rows, reference = _claim_rows()
+    paths = write_report(rows, tmp_path, reference, entropy_floor=0.8)
+    metrics = json.loads(paths["metrics.json"].read_text())
+    assert metrics["flm"]["euler"]["nfe=128"]["degenerate"] is True
+    assert metrics["flm"]["euler"]["nfe=8"]["degenerate"] is False
+    with paths["gen_ppl_vs_nfe.csv"].open() as handle:
+        flagged = [(r["model"], r["nfe"]) for r in csv.DictReader(handle) if r["degenerate"] == "True"]
+    assert flagged == [("flm", "128")]
+    for figure, (x, y) in (
+        (_plot_nfe(tmp_path / "a.png", rows, reference, "nll_per_byte"), ("nfe", "nll_per_byte")),
+        (_plot_nfe(tmp_path / "b.png", rows, reference), ("nfe", "gen_ppl")),
+        (_plot_entropy(tmp_path / "c.png", rows, reference, 0.8), ("entropy", "gen_ppl")),
+    ):
+        marks = [line for line in figure.axes[0].get_lines() if line.get_label() == DEGENERATE]
+        assert len(marks) == 1 and marks[0].get_marker() == "x" and marks[0].get_color() == "red"
+        bad = rows[-1]
+        assert list(marks[0].get_xdata()) == [bad[x]] and list(marks[0].get_ydata()) == [bad[y]]

@@ -1,4 +1,4 @@
-"""No host synchronization inside a training or sampling step (issue 6).
+"""No host synchronization inside a training or sampling step.
 
 On a GPU, a host sync is any op whose result the CPU must read before it can go on: ``.item()``,
 ``float(t)``, ``bool(t)``, data-dependent shapes (``nonzero``, boolean indexing, ``unique``). They

@@ -29,9 +29,10 @@ def test_each_training_stage_lists_exactly_its_params_sections() -> None:
     assert all_stages["train_flm"]["params"] == [
         "profile", "model", "train",
         "profiles.lm1b.model", "profiles.lm1b.train", "profiles.owt.model", "profiles.owt.train",
+        "profiles.smoke.train",
     ]
     assert all_stages["distill_fmlm"]["params"] == [
-        "profile", "distill", "profiles.lm1b.distill", "profiles.owt.distill",
+        "profile", "distill", "profiles.lm1b.distill", "profiles.owt.distill", "profiles.smoke.distill",
     ]
     assert not [name for name, stage in all_stages.items() for p in stage.get("params", []) if "cluster" in p]
     assert "models/flm" in all_stages["distill_fmlm"]["deps"] and "data/tokens" in all_stages["train_flm"]["deps"]
@@ -41,13 +42,13 @@ def test_each_training_stage_lists_exactly_its_params_sections() -> None:
     for name in ("ar", "mdlm"):  # the baselines: the shared model shape and their own loop section
         stage = all_stages[f"train_{name}"]
         assert stage["params"] == ["profile", "model", name, "profiles.lm1b.model", f"profiles.lm1b.{name}",
-                                   "profiles.owt.model", f"profiles.owt.{name}"]
+                                   "profiles.owt.model", f"profiles.owt.{name}", f"profiles.smoke.{name}"]
         assert stage["outs"] == [f"models/{name}"] and stage["metrics"] == [f"metrics/{name}.json"]
         assert stage["cmd"] == all_stages["train_flm"]["cmd"].replace("train_flm", f"train_{name}")
         assert "data/tokens" in stage["deps"] and not [d for d in stage["deps"] if d.startswith("models/")]
     evaluate = all_stages["evaluate"]
     assert evaluate["cmd"] == all_stages["train_flm"]["cmd"].replace("train_flm", "evaluate")
-    assert evaluate["params"] == ["profile", "eval", "profiles.lm1b.eval", "profiles.owt.eval"]
+    assert evaluate["params"] == ["profile", "eval", "profiles.lm1b.eval", "profiles.owt.eval", "profiles.smoke.eval"]
     assert {f"models/{name}" for name in ("flm", "fmlm", "ar", "mdlm")} | {"data/tokens", "data/tokenizer"} <= set(
         evaluate["deps"])
     assert evaluate["outs"] == ["reports/eval"] and evaluate["metrics"] == ["metrics/eval.json"]

@@ -1,4 +1,4 @@
-"""TextGenerator: prefix-conditioned generation keeps the prefix; seeds, re-noising, errors (issue 5, item 5)."""
+"""TextGenerator: prefix-conditioned generation keeps the prefix; seeds, re-noising, errors."""
 
 from __future__ import annotations
 
