@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -68,3 +69,12 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory, offline_hub: None) -> Iter
         seconds = time.perf_counter() - start
     yield LoadedJudge(judge, state, seconds)
     shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def restored_environ() -> Iterator[None]:
+    """The command lines make the process hermetic (they set environment variables): undo it after the test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

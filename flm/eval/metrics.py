@@ -40,23 +40,30 @@ def gen_ppl(nll: np.ndarray, count: np.ndarray) -> float:
 
 
 def nll_per_byte(nll: np.ndarray, n_bytes: np.ndarray) -> float:
-    """Judge NLL per UTF-8 byte of the scored text, ``Σ_i nll_i / Σ_i n_bytes_i`` (nats/byte); ``(N,)`` each."""
+    """Judge NLL per UTF-8 byte of the scored text, ``Σ_i nll_i / Σ_i n_bytes_i`` (nats/byte); ``(N,)`` each.
+
+    ``inf`` when no byte was scored (every text empty: a model whose samples all start with the
+    document separator), the worst score rather than an error at the end of an evaluation.
+    """
     total = float(np.sum(n_bytes))
-    if total <= 0:
-        raise ValueError("nll_per_byte: no scored bytes")
-    return float(np.sum(np.asarray(nll, dtype=np.float64)) / total)
+    return float(np.sum(np.asarray(nll, dtype=np.float64)) / total) if total > 0 else float("inf")
 
 
-def _resampled_ratios(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+def _resampled_ratios(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int, empty: float = 1.0) -> np.ndarray:
     """``(n_boot,)`` ratios ``Σ num[idx_b] / Σ den[idx_b]`` over resamples ``idx_b`` of the ``N`` samples
-    (``(N,)`` indices with replacement, drawn by ``numpy.random.default_rng(seed)``; a zero ``Σ den`` counts 1)."""
+    (``(N,)`` indices with replacement, drawn by ``numpy.random.default_rng(seed)``); a resample whose
+    ``Σ den`` is 0 gives ``Σ num / empty``."""
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
     idx = np.random.default_rng(seed).integers(0, len(num), size=(n_boot, len(num)))
-    return num[idx].sum(axis=1) / np.maximum(den[idx].sum(axis=1), 1.0)
+    total = den[idx].sum(axis=1)
+    with np.errstate(divide="ignore"):
+        return num[idx].sum(axis=1) / np.where(total > 0, total, empty)
 
 
 def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
-    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    """The ``(1∓level)/2`` quantiles; interpolated, except across ``inf`` (then the nearest order statistic)."""
+    method = "linear" if np.all(np.isfinite(values)) else "inverted_cdf"
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2], method=method)
     return float(low), float(high)
 
 
@@ -76,8 +83,9 @@ def nll_per_byte_ci(
     nll: np.ndarray, n_bytes: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of :func:`nll_per_byte`: the same resamples as :func:`bootstrap_ci`
-    for the same ``seed`` (``Σ nll[idx_b] / Σ n_bytes[idx_b]``, quantiles ``(1∓level)/2``)."""
-    return _interval(_resampled_ratios(nll, n_bytes, n_boot, seed), level)
+    for the same ``seed`` (``Σ nll[idx_b] / Σ n_bytes[idx_b]``, quantiles ``(1∓level)/2``; a resample of
+    empty texts only is ``inf``)."""
+    return _interval(_resampled_ratios(nll, n_bytes, n_boot, seed, empty=0.0), level)
 
 
 def sample_entropy(ids: Sequence[int] | np.ndarray) -> float:

@@ -51,8 +51,9 @@ def repo(tmp_path: Path) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(source, target)
-    # the laptop pipeline, made lighter: BBC News only, a smaller vocabulary and block
-    set_params(repo, source={"corpora": ["bbc_news"]}, tokenizer={"vocab_size": 512}, packing={"seq_len": 64})
+    # the laptop pipeline, made lighter: BBC News only, a small trained BPE (a parameter that can change), short blocks
+    set_params(repo, source={"corpora": ["bbc_news"]}, tokenizer={"kind": "bpe", "vocab_size": 512},
+               packing={"seq_len": 64})
     run(repo, "git", "init", "-q")
     run(repo, "git", "add", ".")
     run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "clone")

@@ -82,8 +82,9 @@ def test_sample_metrics_fields() -> None:
 def test_nll_per_byte_is_byte_weighted() -> None:
     # two samples: 6 nats over 3 bytes and 2 nats over 5 bytes -> 8 / 8, not the mean of 2.0 and 0.4
     assert nll_per_byte(np.array([6.0, 2.0]), np.array([3, 5])) == 1.0
-    with pytest.raises(ValueError, match="no scored bytes"):
-        nll_per_byte(np.zeros(2), np.zeros(2, dtype=np.int64))
+    # every text empty (samples that start with the separator): the worst score, not an error
+    assert nll_per_byte(np.ones(2), np.zeros(2, dtype=np.int64)) == math.inf
+    assert nll_per_byte_ci(np.ones(3), np.zeros(3, dtype=np.int64), n_boot=20) == (math.inf, math.inf)
 
 
 def test_per_byte_interval_uses_the_gen_ppl_resamples() -> None:

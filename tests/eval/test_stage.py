@@ -56,12 +56,14 @@ def test_every_model_nfe_and_variant_has_a_row_and_the_files(first) -> None:
     for row in first.rows:
         assert row["n_samples"] == 3 and row["n_tokens"] >= 3 and len(row["samples"]) == 2
         assert row["gen_ppl"] > 1 and row["ci_low"] <= row["gen_ppl"] <= row["ci_high"] and row["entropy"] > 0
+        assert row["nll_per_byte_low"] <= row["nll_per_byte"] <= row["nll_per_byte_high"] and row["n_bytes"] > 0
+        assert row["degenerate"] == (row["entropy"] < PARAMS.entropy_floor * first.reference["entropy"])
         assert row["seconds_per_sequence"] > 0
     assert (first.reference["model"], first.reference["n_samples"]) == ("data", 3)
     assert first.reference["seconds_per_sequence"] is None
     assert sorted(path.name for path in first.files.values()) == sorted(
         ["metrics.json", "rows.json", "gen_ppl_vs_nfe.csv", "gen_ppl_vs_entropy.csv", "report.md",
-         "gen_ppl_vs_nfe.png", "gen_ppl_vs_entropy.png"])
+         "nll_per_byte_vs_nfe.png", "gen_ppl_vs_nfe.png", "gen_ppl_vs_entropy.png"])
     metrics = json.loads(first.files["metrics.json"].read_text())
     assert set(metrics) == {"reference", "flm", "fmlm", "mdlm", "ar"}
     assert set(metrics["fmlm"]) == {"flow_map", "flow_map renoise=0.8"} and set(metrics["flm"]["euler"]) == {

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,14 +101,6 @@ def test_cli_missing_path_exits_2_naming_it(tmp_path: Path) -> None:
     out = _flm("generate", str(missing), "--state", str(tmp_path / "state"), cwd=tmp_path)
     assert out.returncode == 2 and f"{missing}: no such checkpoint directory" in out.stderr, out.stderr
 
-
-@pytest.fixture
-def restored_environ() -> Iterator[None]:
-    """``main`` makes the process hermetic (it sets environment variables): undo it after the test."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def test_cli_main_text_blocks_and_errors(registry: dict, checkpoints: dict, tokenizer_dir: Path, tmp_path: Path,

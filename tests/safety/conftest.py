@@ -6,10 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.train.conftest import _offline_env, _one_thread, mlflow_state, tiny_data
 
@@ -53,11 +50,3 @@ def make_target(kind: str, folder: Path) -> Path:
         raise ValueError(kind)
     return folder
 
-
-@pytest.fixture
-def restored_environ() -> Iterator[None]:
-    """``flm.cli.main`` makes the process hermetic (it sets environment variables): undo it after the test."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
