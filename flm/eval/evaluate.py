@@ -119,12 +119,12 @@ def evaluate_entry(
         if len(chunk) != n:
             raise ValueError(f"{label}: sample(n={n}) returned {len(chunk)} sequences")
         chunk_texts = [decode(s) for s in chunk]
-        chunk_nll, chunk_count = judge.nll(chunk_texts)
+        chunk_nll, chunk_count, chunk_bytes = judge.score(chunk_texts)
         ids += chunk
         texts += chunk_texts
         nll.append(chunk_nll)
         count.append(chunk_count)
-        n_bytes.append(judge.scored_bytes(chunk_texts))
+        n_bytes.append(chunk_bytes)
     head = {
         "model": entry.model,
         "kind": entry.kind,
@@ -153,9 +153,9 @@ def reference_row(
     texts = [decode(s) for s in ids]
     nll, count, n_bytes = [], [], []
     for start in tqdm(range(0, n, settings.batch_size), desc="held-out text", disable=not settings.progress):
-        chunk_nll, chunk_count = judge.nll(texts[start : start + settings.batch_size])
+        chunk_nll, chunk_count, chunk_bytes = judge.score(texts[start : start + settings.batch_size])
         nll.append(chunk_nll)
         count.append(chunk_count)
-        n_bytes.append(judge.scored_bytes(texts[start : start + settings.batch_size]))
+        n_bytes.append(chunk_bytes)
     head = {"model": "data", "kind": "reference", "nfe": 0, "variant": "held-out", "options": {}}
     return _row(head, ids, texts, *map(np.concatenate, (nll, count, n_bytes)), None, settings)

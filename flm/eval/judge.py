@@ -93,9 +93,18 @@ class Judge:
         (truncation to ``n_ctx``, or text after an EOS); then the bytes of the longest character prefix
         whose encoding has at most the kept number of tokens. The EOS scored at the end covers no byte.
         """
+        return self._scored_bytes(list(texts), self.encode(list(texts)))
+
+    def score(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`nll` and :meth:`scored_bytes` of ``texts`` from one encoding: ``(nll, count, n_bytes)``, ``(N,)``."""
+        encoded = self.encode(list(texts))
+        seqs = [judge_sequence(ids, self.bos_id, self.eos_id, self.n_ctx) for ids in encoded]
+        return *self._nll(seqs), self._scored_bytes(list(texts), encoded)
+
+    def _scored_bytes(self, texts: list[str], encoded: list[list[int]]) -> np.ndarray:
         head = 1 if self.bos_id is not None else 0
         out = []
-        for text, ids in zip(texts, self.encode(list(texts)), strict=True):
+        for text, ids in zip(texts, encoded, strict=True):
             kept = len(judge_sequence(ids, self.bos_id, self.eos_id, self.n_ctx)) - head
             kept -= 1 if kept > 0 and (kept > len(ids) or ids[kept - 1] == self.eos_id) else 0
             if kept >= len(ids):
@@ -109,14 +118,16 @@ class Judge:
             out.append(len(text[:low].encode("utf-8")))
         return np.array(out, dtype=np.int64)
 
-    @torch.no_grad()
     def nll(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Per text: the summed NLL in nats (float64, shape ``(N,)``) and the scored token count (int64, ``(N,)``).
 
         ``nll_i = Σ_j -log p(s_j | s_{<j})`` over the scored tokens of text ``i`` (module docstring);
         log-probabilities are taken in float32 at least, sums accumulated in float64.
         """
-        seqs = self.sequences(texts)
+        return self._nll(self.sequences(texts))
+
+    @torch.no_grad()
+    def _nll(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         nll = np.zeros(len(seqs), dtype=np.float64)
         count = np.array([len(s) - 1 for s in seqs], dtype=np.int64)
         for rows in _batches([len(s) for s in seqs], self.max_batch_tokens):

@@ -2,7 +2,7 @@
 
 All inputs are per sample: ``nll`` the summed judge NLL in nats and ``count`` the scored tokens
 (from :meth:`flm.eval.judge.Judge.nll`), ``n_bytes`` the UTF-8 bytes of the text those tokens cover
-(:meth:`flm.eval.judge.Judge.scored_bytes`), ``ids`` the sample's own token ids (the generating
+(:meth:`flm.eval.judge.Judge.score`), ``ids`` the sample's own token ids (the generating
 model's vocabulary, not the judge's). Everything is computed in float64.
 
 Two scores come from the same judge pass: Gen PPL ``exp(Σ nll / Σ count)`` depends on how the texts

@@ -219,15 +219,20 @@ def model_kind(checkpoint_dir: str | Path) -> str:
         CheckpointError: an unknown kind, or one that disagrees with the rest of ``checkpoint.json``.
     """
     meta = read_meta(checkpoint_dir)
-    stage = meta.get("stage")
-    trained = stage.split("_", 1)[-1] if isinstance(stage, str) else None  # train_flm, distill_fmlm, ...
-    kind = (meta.get("model_kind") or (trained if trained in MODEL_KINDS else None)
+    kind = (meta.get("model_kind") or _stage_kind(meta)
             or {1: "flm", 2: "fmlm"}.get(meta["model_config"].get("n_times", 1)))
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"{Path(checkpoint_dir) / 'checkpoint.json'}: unknown model kind {kind!r}; "
                               f"known kinds: {', '.join(MODEL_KINDS)}")
     _check_kind(meta, kind, Path(checkpoint_dir) / "checkpoint.json")
     return kind
+
+
+def _stage_kind(meta: dict[str, Any]) -> str | None:
+    """The kind the recorded ``stage`` trains (``train_flm`` -> ``flm``, ``distill_fmlm`` -> ``fmlm``), or ``None``."""
+    stage = meta.get("stage")
+    trained = stage.split("_", 1)[-1] if isinstance(stage, str) else None
+    return trained if trained in MODEL_KINDS else None
 
 
 def require_kind(checkpoint_dir: str | Path, kind: str) -> None:
@@ -245,10 +250,9 @@ def _check_kind(meta: dict[str, Any], kind: str, path: Path) -> None:
         raise CheckpointError(
             f"{path}: model_kind {kind!r} needs n_times={n_times}, causal={causal}, but the model has "
             f"n_times={config.get('n_times', 1)}, causal={bool(config.get('causal', False))}")
-    stage = meta.get("stage")
-    trained = stage.split("_", 1)[-1] if isinstance(stage, str) else None  # train_flm, distill_fmlm, ...
-    if trained in MODEL_KINDS and trained != kind:
-        raise CheckpointError(f"{path}: model_kind {kind!r} disagrees with its stage {stage!r}")
+    trained = _stage_kind(meta)
+    if trained is not None and trained != kind:
+        raise CheckpointError(f"{path}: model_kind {kind!r} disagrees with its stage {meta['stage']!r}")
     vocab = meta.get("vocab_size")
     if isinstance(vocab, int) and config["vocab_size"] != vocab + EXTRA_IDS.get(kind, 0):
         raise CheckpointError(
