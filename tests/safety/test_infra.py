@@ -99,6 +99,58 @@ def test_dockerfile_runs_as_a_non_root_user_after_the_last_copy() -> None:
     assert user.split(":")[0] not in {"root", "0"}
 
 
+TORCH_METADATA = INFRA / "docker" / "torch-wheel-METADATA"
+
+
+def dockerfile_args() -> dict[str, str]:
+    """``ARG NAME=default`` declarations of the Dockerfile."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    return dict(re.findall(r"^ARG (\w+)=\"?([^\"\n]*)\"?$", text, flags=re.MULTILINE))
+
+
+def cuda_majors_required(metadata: str) -> set[int]:
+    """CUDA major versions named by a torch wheel's Linux requirements (``cuda-toolkit==13.0.3``,
+    ``nvidia-cudnn-cu13==...``)."""
+    majors = {int(m) for m in re.findall(r"^Requires-Dist: cuda-toolkit\S*==(\d+)\.", metadata, flags=re.MULTILINE)}
+    majors |= {int(m) for m in re.findall(r"^Requires-Dist: nvidia-[a-z-]+-cu(\d+)\b", metadata, flags=re.MULTILINE)}
+    return majors
+
+
+def test_dockerfile_torch_pin_and_cuda_base_match_the_wheel() -> None:
+    pins = re.findall(r'"torch==([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert len(pins) == 1, f"pyproject.toml must pin torch exactly once, found {pins}"
+    args, text = dockerfile_args(), DOCKERFILE.read_text(encoding="utf-8")
+    assert args.get("TORCH_VERSION") == pins[0], f"Dockerfile torch {args.get('TORCH_VERSION')} != pyproject {pins[0]}"
+    installs = re.findall(r"pip install [^\n]*\btorch==(\S+?)\"?\s*$", text, flags=re.MULTILINE)
+    assert installs == ["${TORCH_VERSION}"], f"torch must be installed once, from the TORCH_VERSION pin: {installs}"
+    assert "download.pytorch.org" not in text, "torch comes from PyPI, whose Linux wheel is the CUDA build"
+
+    metadata = TORCH_METADATA.read_text(encoding="utf-8")
+    assert re.search(rf"^Version: {re.escape(pins[0])}$", metadata, flags=re.MULTILINE), (
+        "infra/docker/torch-wheel-METADATA is for another torch: refresh it with tools/wheel_metadata.py")
+    wanted = cuda_majors_required(metadata)
+    assert len(wanted) == 1, f"the wheel's CUDA requirements disagree or are missing: {wanted}"
+
+    image = args.get("CUDA_IMAGE", "")
+    base = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-(?:cudnn-)?devel-ubuntu(\d+\.\d+)", image)
+    assert base, f"CUDA_IMAGE {image!r} is not an nvidia/cuda devel image (flash-attn compiles against it)"
+    assert re.search(r"^FROM \$\{CUDA_IMAGE\}$", text, flags=re.MULTILINE)
+    assert {int(base.group(1))} == wanted, f"base image CUDA {base.group(1)} != torch wheel's CUDA {wanted}"
+
+    wheel_python = re.search(r"^# torch-\S+-cp(\d)(\d+)-", metadata, flags=re.MULTILINE)
+    assert wheel_python and f"python{wheel_python.group(1)}.{wheel_python.group(2)}" in text, (
+        "the image's Python differs from the wheel tag the metadata was read for")
+
+
+def test_flash_attn_builds_for_one_architecture_with_bounded_jobs_or_from_a_wheel() -> None:
+    args = dockerfile_args()
+    assert args.get("FLASH_ATTN_CUDA_ARCHS") == "90", "build for Hopper (H100/H200) only unless told otherwise"
+    assert 1 <= int(args["MAX_JOBS"]) <= 8 and 1 <= int(args["NVCC_THREADS"]) <= 4
+    run = DOCKERFILE.read_text(encoding="utf-8")
+    assert 'FLASH_ATTN_CUDA_ARCHS="$FLASH_ATTN_CUDA_ARCHS" MAX_JOBS="$MAX_JOBS"' in run
+    assert 'pip install "$FLASH_ATTN_WHEEL"' in run, "a prebuilt wheel must be usable instead of the build"
+
+
 # ---- the local Ray token ----------------------------------------------------------------------------
 
 @pytest.fixture
