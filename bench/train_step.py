@@ -34,24 +34,47 @@ PATHS = {  # name -> (dense input?, CE chunk in tokens; 0 = whole batch)
 }
 
 
+def model_flops_per_token(backbone, length: int) -> float:
+    """Training FLOPs per token of the network (forward + backward = 3 × forward, 2 per multiply-add).
+
+    ``6 N`` for the ``N`` weights applied to every token (attention and MLP matmuls, the output
+    head), ``6 N_seq / L`` for those applied once per sequence (time embeddings, adaLN), and
+    ``12 · layers · d · L`` for the attention scores and their weighted sum. The input embedding
+    is not a matmul of the network: the DiT takes ``h = zE`` already built (a gather ``E[x]`` plus
+    ``d``-wide noise on the projected path), so ``E`` is not counted. Recomputation (chunked CE's
+    checkpointed head) is not model FLOPs either.
+    """
+    per_token = per_sequence = 0
+    for name, p in backbone.named_parameters():
+        if name == "embedding":
+            continue
+        if name.startswith("time_embed") or ".ada." in f".{name}":
+            per_sequence += p.numel()
+        else:
+            per_token += p.numel()
+    cfg = backbone.config
+    return 6 * per_token + 6 * per_sequence / length + 12 * cfg.n_layers * cfg.d_model * length
+
+
 def run_one(cfg: dict) -> dict:
     """Time ``cfg['steps']`` training steps of one path; runs inside the child process."""
     import torch
 
-    from flm.model import DiT, DiTConfig
+    from flm.model import DiT, DiTConfig, compile_networks
     from flm.objectives import FLMObjective, ProjectedSpace
 
     device = torch.device(cfg["device"])
     torch.manual_seed(0)
     dense, chunk = PATHS[cfg["path"]]
     model_cfg = DiTConfig(
-        cfg["vocab"], cfg["d_model"], cfg["n_layers"], cfg["n_heads"], cond_dim=128, attn_impl=cfg.get("attn", "sdpa")
+        cfg["vocab"], cfg["d_model"], cfg["n_layers"], cfg["n_heads"], cond_dim=128, attn_impl=cfg.get("attn", "sdpa"),
+        softcap=cfg.get("softcap", 0.0),
     )
     obj = FLMObjective(DiT(model_cfg), ce_chunk=chunk).to(device)
     opt = torch.optim.AdamW(obj.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
     step_fn = obj.loss_dense if dense else obj.loss
-    if cfg.get("compile"):
-        step_fn = torch.compile(step_fn)
+    if cfg.get("compile"):  # what training compiles (the backbone's features), not the whole loss
+        compile_networks(obj)
     gen = torch.Generator(device).manual_seed(0)
     b, length = cfg["batch"], cfg["length"]
     x = torch.randint(0, cfg["vocab"], (b, length), device=device, generator=gen)
@@ -89,10 +112,7 @@ def run_one(cfg: dict) -> dict:
     out = {"step_s": statistics.median(times), "tokens_per_s": b * length / statistics.median(times)}
     if device.type == "cuda":
         out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        n_params = sum(p.numel() for p in obj.backbone.parameters())
-        attn = 12 * cfg["n_layers"] * cfg["d_model"] * length  # fwd+bwd attention matmuls per token
-        flops_per_token = 6 * n_params + attn
-        out["mfu"] = flops_per_token * out["tokens_per_s"] / cfg.get("peak_flops", 989e12)
+        out["mfu"] = model_flops_per_token(obj.backbone, length) * out["tokens_per_s"] / cfg.get("peak_flops", 989e12)
     else:
         # peak resident memory added by training steps (ru_maxrss is in KiB on Linux)
         out["step_rss_gb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 2**20
@@ -104,15 +124,18 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every path")
     parser.add_argument("--paths", nargs="*", default=list(PATHS), choices=list(PATHS))
-    parser.add_argument("--compile", action="store_true", help="torch.compile the loss")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile as training does (the backbone's features; the loss around it stays eager)")
     parser.add_argument("--attn", choices=["sdpa", "flash"], default="sdpa")
+    parser.add_argument("--softcap", type=float, default=0.0, help="attention logit soft-cap (paper: 50)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
         return
-    base = {**PRESETS[args.device], "device": args.device, "compile": args.compile, "attn": args.attn}
+    base = {**PRESETS[args.device], "device": args.device, "compile": args.compile, "attn": args.attn,
+            "softcap": args.softcap}
     samples: dict[str, list[dict]] = {p: [] for p in args.paths}
     for _ in range(args.rounds):
         for path in args.paths:

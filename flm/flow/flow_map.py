@@ -23,8 +23,20 @@ def _bcast(coef: Tensor | float, ref: Tensor) -> Tensor:
     return coef.reshape(coef.shape + (1,) * (ref.dim() - coef.dim()))
 
 
+def _level(coef: Tensor | float, ref: Tensor) -> Tensor:
+    """A level ``(B,)`` or scalar shaped to broadcast against ``ref``, kept in the wider of its dtype and
+    ``ref``'s (a Python float counts as float64): coefficients built from float64 levels are rounded
+    once, after the differences, not before."""
+    coef = torch.as_tensor(coef, dtype=torch.float64 if isinstance(coef, float) else None, device=ref.device)
+    coef = coef.to(torch.promote_types(coef.dtype, ref.dtype))
+    return coef.reshape(coef.shape + (1,) * (ref.dim() - coef.dim()))
+
+
 def flow_map(z: Tensor, delta: Tensor, s: Tensor | float, t: Tensor | float) -> Tensor:
     """``X_{s,t}(z) = (1-t)/(1-s) z + (t-s)/(1-s) δ`` (MATH.md §2).
+
+    The two coefficients are computed in the wider of the levels' and the state's dtype (float64
+    levels keep ``t - s`` exact to float64 however small the step), then cast to ``z``'s dtype.
 
     Args:
         z: ``(B, L, D)`` state at level ``s`` (``D = V`` dense, ``D = d`` projected).
@@ -34,9 +46,10 @@ def flow_map(z: Tensor, delta: Tensor, s: Tensor | float, t: Tensor | float) -> 
     Returns:
         ``(B, L, D)`` state at level ``t``; ``X_{s,s} = id`` exactly.
     """
-    s, t = _bcast(s, z), _bcast(t, z)
+    s, t = _level(s, z), _level(t, z)
     one_minus_s = (1 - s).clamp_min(_EPS)
-    return (1 - t) / one_minus_s * z + (t - s) / one_minus_s * delta
+    keep, move = ((1 - t) / one_minus_s).to(z.dtype), ((t - s) / one_minus_s).to(z.dtype)
+    return keep * z + move * delta
 
 
 def semigroup_weight(s: Tensor, u: Tensor, t: Tensor) -> Tensor:
@@ -81,11 +94,12 @@ def renoise(
     Args:
         z_jump: ``(B, L, D)`` the state ``X_{γ,γ̃}(z)``.
         delta: ``(B, L, D)`` the denoiser output used for the jump (projected if the state is).
-        gamma_jump, gamma_next: ``γ̃`` and ``γ'``.
+        gamma_jump, gamma_next: ``γ̃`` and ``γ'`` (coefficients computed in their dtype or ``z``'s, the wider).
         noise: ``(B, L, D)`` fresh noise ``ε'`` (or ``ξF``).
 
     Returns:
         ``(B, L, D)`` state at level ``γ'``; equals ``z_jump`` when ``g = 0``.
     """
-    gj, gn = _bcast(gamma_jump, z_jump), _bcast(gamma_next, z_jump)
-    return z_jump - (gj - gn) * delta + g * (1 - gn) * noise
+    gj, gn = _level(gamma_jump, z_jump), _level(gamma_next, z_jump)
+    excess, scale = (gj - gn).to(z_jump.dtype), (g * (1 - gn)).to(z_jump.dtype)
+    return z_jump - excess * delta + scale * noise

@@ -23,6 +23,7 @@ from flm.flow.categorical import gumbel_max
 from flm.flow.time_sampling import stratified_times, uniform_grid
 
 __all__ = [
+    "GATHER_ELEMENTS",
     "MaskedDenoiser",
     "alpha",
     "ancestral_step",
@@ -32,6 +33,9 @@ __all__ = [
     "reveal_probability",
     "training_times",
 ]
+
+GATHER_ELEMENTS = 1 << 26
+"""Numbers of ``log_p`` (float32: 256 MiB) a sampler step copies at once to draw the revealed positions."""
 
 MaskedDenoiser = Callable[[Tensor, Tensor], Tensor]
 """``log p_θ(x | z_t, t)``: ids ``(B, L)`` with masks, times ``(B,)`` → log-probabilities ``(B, L, V)``."""
@@ -90,6 +94,8 @@ def ancestral_step(
     the denoiser's distribution: a masked position is revealed with probability
     ``(α_s - α_t)/(1 - α_t)`` (a float64 uniform), then takes a float64 Gumbel-max draw from ``log_p``;
     an unmasked position is copied (SUBS). At ``s = 0`` every masked position is revealed.
+    The revealed rows of ``log_p`` are gathered ``GATHER_ELEMENTS // V`` positions at a time (in
+    position order, so the draws are those of one gather of all of them), which bounds the copy.
 
     Args:
         z_t: ``(B, L)`` ids, ``m`` at masked positions.
@@ -104,7 +110,12 @@ def ancestral_step(
     u = torch.rand(z_t.shape, generator=generator, device=z_t.device, dtype=torch.float64)
     reveal = masked & (u < reveal_probability(s, t)[:, None])
     z_s = z_t.clone()
-    z_s[reveal] = gumbel_max(log_p[reveal], generator)
+    flat_z, flat_reveal, vocab = z_s.view(-1), reveal.view(-1), log_p.shape[-1]
+    flat_p = log_p.reshape(-1, vocab)
+    step = max(1, GATHER_ELEMENTS // vocab)
+    for start in range(0, flat_reveal.numel(), step):  # the revealed rows of each block, in order
+        rows = flat_reveal[start : start + step]
+        flat_z[start : start + step][rows] = gumbel_max(flat_p[start : start + step][rows], generator)
     return z_s
 
 

@@ -5,6 +5,11 @@ dense ``z`` ``(B, L, V)`` or projected ``h = zE`` ``(B, L, d)``: ``lift`` maps t
 probabilities into the state's space (identity for dense, ``p ↦ pE`` for projected).
 The final step returns the argmax of the last denoiser output, so ``z`` itself is never needed.
 
+Precision: the levels ``γ_k`` stay in the schedule's float64, so every step's coefficient is
+computed from float64 differences and rounded once; the state ``z`` is kept in float32 (float64 if
+``z_0`` is float64) whatever the denoiser returns: a bf16 network changes ``p``, never the sum that
+accumulates ``z`` (with a bf16 ``γ`` most of a fine grid's steps would round to ``γ_{k+1} = γ_k``).
+
 A :class:`Clamp` holds chosen positions (a prompt prefix) at known tokens while the rest is sampled.
 """
 
@@ -18,6 +23,7 @@ import torch
 from torch import Tensor
 
 from flm.flow.flow_map import flow_map, renoise
+from flm.flow.interpolant import working_dtype
 from flm.flow.schedule import TimeSchedule
 
 __all__ = ["Clamp", "Denoiser", "FlowMapDenoiser", "flm_sample", "flow_map_sample", "prefix_clamp"]
@@ -106,13 +112,14 @@ def flm_sample(
 ) -> Tensor:
     """Euler in γ on the grid ``τ_0..τ_K`` (MATH.md §1); ``K = len(tau) - 1`` network calls.
 
-    For ``k = 0..K-2``: ``p = p(z_k, τ_k)``, ``z_{k+1} = z_k + (γ_{k+1} - γ_k)(p - z_k)/(1 - γ_k)``.
+    For ``k = 0..K-2``: ``p = p(z_k, τ_k)``, ``z_{k+1} = z_k + c_k (p - z_k)`` with
+    ``c_k = (γ_{k+1} - γ_k)/(1 - γ_k)`` computed in float64 (``K - 1`` updates).
     Output ``argmax p(z_{K-1}, τ_{K-1})``. With a ``clamp``, ``p``, ``z`` and the output are held at the
     clamped tokens as :class:`Clamp` says (the Euler step leaves ``z_m = e_m`` in place when ``p_m = e_m``).
 
     Args:
-        denoise: ``p(z, τ)``.
-        z0: ``(B, L, D)`` initial noise (``ε`` or ``ξF``).
+        denoise: ``p(z, τ)``; sees ``z`` and ``τ`` in the state's dtype.
+        z0: ``(B, L, D)`` initial noise (``ε`` or ``ξF``); a bf16/fp16 ``z0`` is promoted to float32.
         tau: ``(K + 1,)`` increasing grid from 0 to 1 (see ``uniform_grid``).
         schedule: the τ ↔ γ lookup.
         lift: maps ``(B, L, V)`` probabilities into the state's space.
@@ -121,17 +128,19 @@ def flm_sample(
     Returns:
         ``(B, L)`` token ids.
     """
-    gamma = schedule.gamma(tau.to(torch.float64)).to(z0.dtype)
-    tau = tau.to(z0.dtype)
+    dtype = working_dtype(z0.dtype)
+    gamma = schedule.gamma(tau.to(torch.float64))
+    rate = ((gamma[1:] - gamma[:-1]) / (1 - gamma[:-1])).to(dtype)  # c_k, (K,)
+    tau = tau.to(dtype)
     batch = z0.shape[0]
-    z = z0 if clamp is None else clamp.state(z0)
+    z = z0.to(dtype) if clamp is None else clamp.state(z0.to(dtype))
     steps = tau.numel() - 1
     for k in range(steps):
         p = denoise(z, tau[k].expand(batch))
         if k == steps - 1:
             return p.argmax(-1) if clamp is None else clamp.tokens(p.argmax(-1))
         lifted = lift(p) if clamp is None else clamp.output(lift(p))
-        z = z + (gamma[k + 1] - gamma[k]) * (lifted - z) / (1 - gamma[k])
+        z = z + rate[k] * (lifted.to(dtype) - z)
         z = z if clamp is None else clamp.state(z)
     raise ValueError("tau must hold at least two points")
 
@@ -156,8 +165,8 @@ def flow_map_sample(
     clamped tokens as :class:`Clamp` says; one step (``K = 1``) sees the prefix in ``z_0`` only.
 
     Args:
-        denoise: ``δ(z; τ_s, τ_t)``.
-        z0: ``(B, L, D)`` initial noise.
+        denoise: ``δ(z; τ_s, τ_t)``; sees ``z`` and the times in the state's dtype.
+        z0: ``(B, L, D)`` initial noise; a bf16/fp16 ``z0`` is promoted to float32 (the state's dtype).
         tau: ``(K + 1,)`` increasing grid from 0 to 1.
         schedule: the τ ↔ γ lookup.
         lift: maps probabilities into the state's space.
@@ -172,11 +181,12 @@ def flow_map_sample(
         raise ValueError(f"re-noising g must be in [0, 1], got {g}")
     if g > 0 and noise is None:
         raise ValueError("re-noising (g > 0) needs a `noise` callable")
-    gamma = schedule.gamma(tau.to(torch.float64)).to(z0.dtype)
-    tau = tau.to(z0.dtype)
+    dtype = working_dtype(z0.dtype)
+    gamma = schedule.gamma(tau.to(torch.float64))  # float64: flow_map and renoise round their coefficients once
+    tau = tau.to(dtype)
     batch = z0.shape[0]
     shrink = math.sqrt(1.0 - g * g)
-    z = z0 if clamp is None else clamp.state(z0)
+    z = z0.to(dtype) if clamp is None else clamp.state(z0.to(dtype))
     steps = tau.numel() - 1
     for k in range(steps):
         if k == steps - 1:
@@ -184,11 +194,11 @@ def flow_map_sample(
             return ids if clamp is None else clamp.tokens(ids)
         gamma_next = gamma[k + 1]
         gamma_jump = 1 - (1 - gamma_next) * shrink if g > 0 else gamma_next
-        tau_jump = schedule.tau(gamma_jump.to(torch.float64)).to(z0.dtype) if g > 0 else tau[k + 1]
+        tau_jump = schedule.tau(gamma_jump).to(dtype) if g > 0 else tau[k + 1]
         delta = lift(denoise(z, tau[k].expand(batch), tau_jump.expand(batch)))
-        delta = delta if clamp is None else clamp.output(delta)
+        delta = (delta if clamp is None else clamp.output(delta)).to(dtype)
         z = flow_map(z, delta, gamma[k], gamma_jump)
         if g > 0:
-            z = renoise(z, delta, gamma_jump, gamma_next, g, noise())
+            z = renoise(z, delta, gamma_jump, gamma_next, g, noise().to(dtype))
         z = z if clamp is None else clamp.state(z)
     raise ValueError("tau must hold at least two points")

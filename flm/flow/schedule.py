@@ -22,6 +22,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
+from flm.flow.interpolant import working_dtype
+
 __all__ = ["TimeSchedule", "argmax_probability"]
 
 
@@ -105,8 +107,8 @@ class TimeSchedule(nn.Module):
 
     The float64 table is built once per ``(V, n_table)`` and cached. The module's buffers follow
     the model across devices but always stay float64 (casting the model to bf16 does not coarsen
-    the schedule); lookups compute in float64 and return the caller's dtype. Only the looked-up
-    values are touched, so this costs nothing next to a forward pass.
+    the schedule); lookups compute in float64 and return the caller's dtype, float32 at least. Only
+    the looked-up values are touched, so this costs nothing next to a forward pass.
 
     Example:
         >>> TimeSchedule(50258).gamma(torch.tensor([0.5]))  # ≈ 0.809
@@ -126,12 +128,29 @@ class TimeSchedule(nn.Module):
         return self
 
     def gamma(self, tau: Tensor) -> Tensor:
-        """``γ = Γ(τ)``: signal level for model time ``τ`` (any shape, values in ``[0, 1]``)."""
-        return _interp(tau.to(torch.float64), self.tau_table, self.gamma_table).to(tau.dtype)
+        """``γ = Γ(τ)``: signal level for model time ``τ`` (any shape, values in ``[0, 1]``).
+
+        In ``τ``'s dtype, but never below float32 (a bf16 ``τ`` gives a float32 ``γ``).
+        """
+        return _interp(tau.to(torch.float64), self.tau_table, self.gamma_table).to(working_dtype(tau.dtype))
 
     def tau(self, gamma: Tensor) -> Tensor:
-        """``τ = α(γ)``: model time for signal level ``γ`` (any shape, values in ``[0, 1]``)."""
-        return _interp(gamma.to(torch.float64), self.gamma_table, self.tau_table).to(gamma.dtype)
+        """``τ = α(γ)``: model time for signal level ``γ`` (any shape, values in ``[0, 1]``), never below float32."""
+        return _interp(gamma.to(torch.float64), self.gamma_table, self.tau_table).to(working_dtype(gamma.dtype))
+
+    def dtau_dgamma(self, gamma: Tensor) -> Tensor:
+        """``dτ/dγ = α'(γ)`` of the interpolated table: the slope of the table segment holding ``γ``.
+
+        Float64 inside, the caller's dtype out (float32 at least). It is the exact derivative of the piecewise-linear
+        lookups (``dτ/dγ · dΓ/dτ = 1`` on each segment), so a derivative taken in model time
+        converts to one in γ without interpolation error: ``∂_γ = dτ/dγ · ∂_τ`` (MATH.md §2,
+        Lagrangian and Eulerian distillation).
+        """
+        xp, fp = self.gamma_table, self.tau_table
+        g = gamma.to(torch.float64).clamp(xp[0], xp[-1])
+        idx = torch.searchsorted(xp, g.detach().contiguous(), right=True).clamp(1, xp.numel() - 1)
+        slope = (fp.take(idx) - fp.take(idx - 1)) / (xp.take(idx) - xp.take(idx - 1))
+        return slope.to(working_dtype(gamma.dtype))
 
     def extra_repr(self) -> str:
         return f"vocab_size={self.vocab_size}, n_table={self.gamma_table.numel()}"

@@ -2,6 +2,6 @@
 
 from flm.model.cache import KVCache
 from flm.model.config import DiTConfig
-from flm.model.dit import DiT
+from flm.model.dit import DiT, compile_networks
 
-__all__ = ["DiT", "DiTConfig", "KVCache"]
+__all__ = ["DiT", "DiTConfig", "KVCache", "compile_networks"]

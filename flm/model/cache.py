@@ -22,7 +22,9 @@ class KVCache:
     and the DiT advances ``length`` by ``T`` after the last block.
 
     Attributes:
-        keys, values: ``(n_layers, B, max_len, H, Dh)`` buffers.
+        keys, values: ``(n_layers, B, max_len, H, Dh)`` buffers, in the attention's compute dtype
+            (:meth:`flm.model.DiT.new_cache`: bf16 under bf16 autocast), so reading them back
+            copies nothing.
         length: positions filled so far.
     """
 
@@ -48,8 +50,9 @@ class KVCache:
         """Write ``k, v`` ``(B, T, H, Dh)`` at positions ``[length, length + T)`` of ``layer``.
 
         Returns:
-            Keys and values of positions ``[0, length + T)``, each ``(B, length + T, H, Dh)``, in the
-            dtype of ``k`` and ``v`` (under autocast the buffers may be wider than the activations).
+            Keys and values of positions ``[0, length + T)``, each ``(B, length + T, H, Dh)``: views
+            of the buffers when they hold the dtype of ``k`` and ``v`` (the usual case), else
+            converted copies.
         """
         end = self.length + k.shape[1]
         if end > self.max_len:

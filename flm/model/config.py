@@ -21,12 +21,17 @@ class DiTConfig:
         cond_dim: width of the time-conditioning vector ``c``.
         n_times: time inputs: 0 (none, e.g. an AR judge), 1 (FLM ``τ``), 2 (flow map ``τ_s, τ_t``).
         causal: causal attention (autoregressive use); bidirectional otherwise.
-        dropout: dropout on attention and MLP outputs.
+        dropout: dropout on the block outputs (attention and MLP, before their adaLN gates); none
+            on the input embedding or the attention probabilities (the reference DiT).
         attn_impl: ``"sdpa"`` (torch ``scaled_dot_product_attention``) or ``"flash"`` (flash-attn,
-            imported lazily, CUDA only).
+            imported lazily; used where it can run: CUDA tensors in fp16/bf16, else the SDPA path
+            with the same weights).
+        softcap: attention logit soft-cap ``c``: scores ``c·tanh(q kᵀ/(c√d_h))`` before the softmax;
+            ``0`` is off (the paper: 50).
         rope_base: rotary embedding base.
         time_freq_dim: width of the sinusoidal time features.
-        time_scale: ``τ`` is multiplied by this before the sinusoids.
+        time_scale: ``τ`` is multiplied by this before the sinusoids (the reference feeds ``τ``
+            itself: 1; checkpoints record their value).
     """
 
     vocab_size: int
@@ -39,6 +44,7 @@ class DiTConfig:
     causal: bool = False
     dropout: float = 0.0
     attn_impl: Literal["sdpa", "flash"] = "sdpa"
+    softcap: float = 0.0
     rope_base: float = 10000.0
     time_freq_dim: int = 256
     time_scale: float = 1000.0
@@ -54,6 +60,10 @@ class DiTConfig:
             raise ValueError(f"DiTConfig.n_times must be 0, 1 or 2, got {self.n_times}")
         if self.attn_impl not in ("sdpa", "flash"):
             raise ValueError(f"DiTConfig.attn_impl must be 'sdpa' or 'flash', got {self.attn_impl!r}")
+        if not self.softcap >= 0:
+            raise ValueError(f"DiTConfig.softcap must be >= 0 (0 = off), got {self.softcap}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"DiTConfig.dropout must lie in [0, 1), got {self.dropout}")
 
     def replace(self, **changes: Any) -> DiTConfig:
         """A copy with ``changes`` applied (validated again)."""

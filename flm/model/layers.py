@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import torch
@@ -10,7 +12,18 @@ from torch import Tensor, nn
 
 from flm.model.cache import KVCache
 
-__all__ = ["DiTBlock", "FinalLayer", "Rotary", "TimeEmbedding", "attention", "modulate"]
+__all__ = [
+    "DiTBlock",
+    "FinalLayer",
+    "Rotary",
+    "TimeEmbedding",
+    "attention",
+    "flash_attention_problem",
+    "modulate",
+]
+
+_log = logging.getLogger(__name__)
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -36,12 +49,18 @@ class TimeEmbedding(nn.Module):
             nn.init.zeros_(self.mlp[2].weight)
             nn.init.zeros_(self.mlp[2].bias)
 
-    def forward(self, tau: Tensor) -> Tensor:
+    def sinusoids(self, tau: Tensor) -> Tensor:
+        """``[cos(scale·τ·f_i), sin(scale·τ·f_i)]`` with ``f_i = 10000^{-i/half}``, ``i < half = freq_dim/2``.
+
+        ``(B,)`` → ``(B, freq_dim)`` float32 (max period 10,000; ``scale = 1`` feeds ``τ`` itself).
+        """
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=tau.device, dtype=torch.float32) / half)
         args = self.scale * tau.float()[:, None] * freqs[None]
-        feats = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        return self.mlp(feats.to(self.mlp[0].weight.dtype))
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, tau: Tensor) -> Tensor:
+        return self.mlp(self.sinusoids(tau).to(self.mlp[0].weight.dtype))
 
 
 class Rotary(nn.Module):
@@ -65,39 +84,111 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout: float, impl: str) -> Tensor:
+@functools.cache
+def _flash_attn_importable() -> bool:
+    """Whether ``flash_attn`` imports (checked once per process; a build for another torch fails here too)."""
+    try:
+        import flash_attn  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def flash_attention_problem(device_type: str, dtype: torch.dtype) -> str | None:
+    """Why flash-attn cannot run on ``device_type`` tensors of ``dtype``, or ``None`` when it can.
+
+    flash-attn runs on CUDA tensors in fp16/bf16 (bf16 autocast gives the attention bf16 inputs)
+    and needs the optional ``gpu`` extra.
+    """
+    if device_type != "cuda":
+        return f"flash-attn runs on CUDA only, the tensors are on {device_type}"
+    if dtype not in _FLASH_DTYPES:
+        return f"flash-attn needs fp16/bf16 inputs, the attention runs in {dtype}"
+    if not _flash_attn_importable():
+        return "flash-attn is not installed or does not import (pip install 'flm[gpu]')"
+    return None
+
+
+@functools.cache
+def _log_fallback(problem: str) -> None:
+    _log.info("attn_impl='flash' falls back to SDPA with the same weights: %s", problem)
+
+
+@torch.compiler.assume_constant_result
+def _use_flash(device_type: str, dtype: torch.dtype) -> bool:
+    """:func:`flash_attention_problem` is ``None``; a fallback is logged once per reason.
+
+    A constant for ``torch.compile`` (evaluated while tracing, never traced: the import check and
+    the logging stay out of the graph; device and dtype are guarded anyway).
+    """
+    problem = flash_attention_problem(device_type, dtype)
+    if problem is not None:
+        _log_fallback(problem)
+    return problem is None
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, impl: str = "sdpa", softcap: float = 0.0) -> Tensor:
     """Multi-head attention: queries ``(B, T, H, Dh)``, keys/values ``(B, S, H, Dh)`` → ``(B, T, H, Dh)``.
+
+    ``softmax(s + mask) v`` with scores ``s = q kᵀ/√Dh``, or with ``softcap = c > 0`` the capped
+    scores ``s = c·tanh(q kᵀ/(c√Dh))`` (logit soft-capping, flash-attn's ``softcap``). No dropout:
+    the DiT drops block outputs, not attention probabilities.
 
     ``T < S`` happens with a key/value cache: the queries are the last ``T`` of the ``S`` positions,
     so the causal mask is aligned bottom-right (query ``i`` sees keys ``j <= S - T + i``).
-    ``impl="flash"`` imports flash-attn lazily (CUDA, fp16/bf16 only; flash-attn >= 2.1 aligns its
-    causal mask bottom-right too); ``"sdpa"`` uses torch's ``scaled_dot_product_attention``, which
-    picks its own fused kernel.
+    ``impl="flash"`` runs flash-attn where it can (:func:`flash_attention_problem`: CUDA, fp16/bf16,
+    installed; imported lazily; flash-attn >= 2.1 aligns its causal mask bottom-right too) and falls
+    back to the SDPA path with the same weights elsewhere (a CPU, a float32 sampler or judge).
+    ``"sdpa"``: torch's ``scaled_dot_product_attention`` (it picks its own fused kernel) without a
+    cap; with a cap, the scores are formed explicitly (:func:`_softcapped_attention`).
     """
-    if impl == "flash":
-        try:
-            from flash_attn import flash_attn_func
-        except ImportError as err:  # pragma: no cover - depends on the optional gpu extra
-            raise ImportError("attn_impl='flash' needs flash-attn: pip install 'flm[gpu]'") from err
-        return flash_attn_func(q, k, v, dropout_p=dropout, causal=causal)
+    if impl == "flash" and _use_flash(q.device.type, q.dtype):
+        from flash_attn import flash_attn_func
+
+        return flash_attn_func(q, k, v, causal=causal, softcap=softcap)
+    if softcap > 0:
+        return _softcapped_attention(q, k, v, causal, softcap)
     t, s = q.shape[1], k.shape[1]
     mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t) if causal and 1 < t < s else None
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout,
-        is_causal=causal and t == s,
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=causal and t == s
     )
     return out.transpose(1, 2)
 
 
+def _softcapped_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, softcap: float) -> Tensor:
+    """``softmax(c·tanh(q kᵀ/(c√Dh)) + mask) v`` with the scores formed explicitly, any device and dtype.
+
+    Shapes as :func:`attention`. The cap and the softmax run in at least float32 (bf16 autocast
+    gives bf16 scores); the ``(B, H, T, S)`` scores exist, so memory grows as ``T·S`` (flash-attn
+    caps inside its fused kernel). torch's ``flex_attention`` takes such a score modifier too, but
+    in torch 2.13 it has no backward on CPU, so it could not train there.
+    """
+    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    scores = (qh @ kh.transpose(-1, -2)) * qh.shape[-1] ** -0.5
+    if scores.element_size() < 4:
+        scores = scores.float()
+    scores = softcap * torch.tanh(scores / softcap)
+    t, s = q.shape[1], k.shape[1]
+    if causal and t > 1:
+        visible = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return (scores.softmax(-1).to(vh.dtype) @ vh).transpose(1, 2)
+
+
 class DiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-zero time modulation (shift/scale/gate ×2)."""
+    """Pre-norm transformer block with adaLN-zero time modulation (shift/scale/gate ×2).
+
+    ``x ← x + g₁·drop(attn(·)); x ← x + g₂·drop(mlp(·))``: dropout acts on the two block outputs
+    (as in the reference DiT), never on the attention probabilities.
+    """
 
     def __init__(
         self, d_model: int, n_heads: int, mlp_ratio: float, cond_dim: int, dropout: float,
-        causal: bool, attn_impl: str, rope_base: float,
+        causal: bool, attn_impl: str, rope_base: float, softcap: float = 0.0,
     ) -> None:
         super().__init__()
-        self.n_heads, self.causal, self.attn_impl, self.dropout = n_heads, causal, attn_impl, dropout
+        self.n_heads, self.causal, self.attn_impl, self.softcap = n_heads, causal, attn_impl, softcap
         self.norm1 = nn.LayerNorm(d_model, elementwise_affine=False)
         self.norm2 = nn.LayerNorm(d_model, elementwise_affine=False)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
@@ -127,8 +218,7 @@ class DiTBlock(nn.Module):
         q, k = self.rotary(q, k, cache.length if cache is not None else 0)
         if cache is not None:
             k, v = cache.extend(layer, k, v)
-        p = self.dropout if self.training else 0.0
-        att = attention(q, k, v, self.causal, p, self.attn_impl).reshape(b, length, d)
+        att = attention(q, k, v, self.causal, self.attn_impl, self.softcap).reshape(b, length, d)
         x = x + gate1 * self.drop(self.proj(att))
         if sh2 is not None:
             m_in, gate2 = modulate(self.norm2(x), sh2, sc2), g2[:, None]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from flm.flow import noise_factor, sample_projected_noise
+from flm.flow.interpolant import full_precision, working_dtype
 
 __all__ = [
     "LossOutput",
@@ -114,7 +115,9 @@ def chunked_soft_cross_entropy(features: Tensor, head: nn.Linear, target: list[T
     """
     shape = features.shape[:-1]
     flat = features.flatten(0, 1)
-    terms = [(f.flatten(0, 1), h.weight.detach(), h.bias.detach(), w[:, None].expand(shape).flatten().to(f.dtype))
+    # target weights (λ, 1 - λ) stay at least float32 when the features are bf16 (autocast)
+    terms = [(f.flatten(0, 1), h.weight.detach(), h.bias.detach(),
+              w[:, None].expand(shape).flatten().to(torch.promote_types(f.dtype, torch.float32)))
              for f, h, w in target]
     parts = []
     for start in range(0, flat.shape[0], chunk):
@@ -142,7 +145,8 @@ class ProjectedSpace:
 
     @cached_property
     def factor(self) -> Tensor:
-        """The noise factor ``F`` of ``E`` (a QR when ``V > d``), computed on first use: ``lift`` needs none."""
+        """The noise factor ``F`` of ``E`` (a Cholesky of ``EᵀE`` when ``V > d``), computed on first use:
+        ``lift`` needs none."""
         return noise_factor(self.embedding)
 
     def noise(self, shape: tuple[int, int], generator: torch.Generator | None = None) -> Tensor:
@@ -154,5 +158,11 @@ class ProjectedSpace:
         return lambda: self.noise(shape, generator)
 
     def lift(self, p: Tensor) -> Tensor:
-        """``pE``: ``(B, L, V)`` probabilities → ``(B, L, d)``."""
-        return p.to(self.embedding.dtype) @ self.embedding
+        """``pE``: ``(B, L, V)`` probabilities → ``(B, L, d)``, in ``E``'s dtype (float32 at least), autocast off.
+
+        It feeds the sampler's state and the flow map's midpoint, which stay float32 under bf16
+        autocast (:func:`flm.flow.interpolant.full_precision`).
+        """
+        dtype = working_dtype(self.embedding.dtype)
+        with full_precision(self.embedding.device):
+            return p.to(dtype) @ self.embedding.to(dtype)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from flm.data.errors import DataError
+from flm.device import network_autocast, seeded_generator
 from flm.flow import TimeSchedule, flm_sample, flow_map_sample, uniform_grid
 from flm.flow.sampler import Clamp, prefix_clamp
 from flm.model import DiT
@@ -77,7 +78,7 @@ def _sample_flm(backbone: DiT, request: SampleRequest, generator: torch.Generato
     def denoise(h: Tensor, tau: Tensor) -> Tensor:
         return at_least_float32(backbone(h, tau)).softmax(-1)
 
-    schedule = TimeSchedule(backbone.config.vocab_size)
+    schedule = TimeSchedule(backbone.config.vocab_size).to(h0.device)
     return flm_sample(denoise, h0, uniform_grid(request.steps, h0.device), schedule, lift=space.lift,
                       clamp=_clamp(backbone, request))
 
@@ -91,7 +92,7 @@ def _sample_fmlm(backbone: DiT, request: SampleRequest, generator: torch.Generat
     def denoise(h: Tensor, tau_s: Tensor, tau_t: Tensor) -> Tensor:
         return at_least_float32(backbone(h, tau_s, tau_t)).softmax(-1)
 
-    schedule = TimeSchedule(backbone.config.vocab_size)
+    schedule = TimeSchedule(backbone.config.vocab_size).to(h0.device)
     return flow_map_sample(denoise, h0, uniform_grid(request.steps, h0.device), schedule, lift=space.lift,
                            g=request.g, noise=space.noise_fn(shape, generator), clamp=_clamp(backbone, request))
 
@@ -160,16 +161,20 @@ class TextGenerator:
         compile: compile the network for fixed-step sampling (FLM, FMLM, MDLM; an AR model stays
             eager): the first call of a shape compiles (seconds to a minute), later calls and every
             step within one reuse the graph.
+        bf16: on CUDA, run the network under bf16 autocast (:func:`flm.device.network_autocast`), the
+            precision it was trained in; noise, sampler state and lifts stay float32. Ignored on CPU,
+            where generation is float32 throughout.
     """
 
     def __init__(self, checkpoint_dir: str | Path, tokenizer_dir: str | Path | None = None,
-                 device: str | torch.device = "cpu", compile: bool = False) -> None:
+                 device: str | torch.device = "cpu", compile: bool = False, bf16: bool = True) -> None:
         folder = Path(checkpoint_dir)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such checkpoint directory")
         if not (folder / "checkpoint.json").is_file():
             raise ValueError(f"{folder}: not a checkpoint directory (no checkpoint.json)")
         self.device = torch.device(device)
+        self.bf16 = bf16
         self.meta = read_meta(folder)
         self.kind = model_kind(folder)
         self.backbone = load_backbone(folder, ema=True, device=self.device, kind=self.kind)
@@ -259,8 +264,9 @@ class TextGenerator:
                              f"{', '.join(sorted(PREFIX_KINDS))})")
         if ids is not None and ids.numel() > length:
             raise ValueError(f"the prefix has {ids.numel()} tokens, more than length={length}")
-        generator = torch.Generator(self.device).manual_seed(int(seed))
-        return SAMPLERS[self.kind](self.backbone, SampleRequest(n, steps, length, ids, g), generator)
+        generator = seeded_generator(self.device, seed)
+        with network_autocast(self.device, self.bf16):
+            return SAMPLERS[self.kind](self.backbone, SampleRequest(n, steps, length, ids, g), generator)
 
     def decode(self, ids: Tensor) -> list[str]:
         """Texts of ``(n, L)`` ids (ids joined by spaces without a tokenizer)."""

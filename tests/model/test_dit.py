@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from flm.config import ModelParams
 from flm.model import DiT, DiTConfig
+from flm.model.layers import flash_attention_problem
 
 
 def _cfg(**kw: object) -> DiTConfig:
@@ -47,6 +51,20 @@ def test_second_time_embedding_starts_at_zero() -> None:
     with torch.no_grad():
         two.time_embed_2.mlp[2].weight.normal_()
     assert not torch.allclose(two(h, tau, torch.zeros(2)), two(h, tau, torch.ones(2)))
+
+
+def test_time_scale_one_feeds_tau_itself_to_the_sinusoids() -> None:
+    """Scale 1 (the reference): ``[cos(τ f_i), sin(τ f_i)]``, ``f_i = 10000^{-i/128}``, 256 features."""
+    model = DiT(_cfg(time_scale=1.0, time_freq_dim=256))
+    tau = torch.tensor([0.0, 0.03, 0.5, 0.999])
+    freqs = 10000.0 ** (-torch.arange(128, dtype=torch.float64) / 128)
+    args = tau.double()[:, None] * freqs[None]
+    expected = torch.cat([args.cos(), args.sin()], dim=-1)
+    feats = model.time_embed.sinusoids(tau)
+    assert feats.shape == (4, 256)
+    assert torch.allclose(feats.double(), expected, atol=1e-6, rtol=0)
+    assert not torch.allclose(DiT(_cfg(time_freq_dim=256)).time_embed.sinusoids(tau).double(), expected, atol=0.1)
+    assert ModelParams(time_scale=1).dit_config(37).time_scale == 1.0
 
 
 def test_time_conditioning_matters() -> None:
@@ -92,13 +110,19 @@ def test_dropout_only_in_training() -> None:
     assert not torch.equal(model(h, tau), model(h, tau))
 
 
-def test_flash_attention_is_optional_and_lazy() -> None:
-    model = DiT(_cfg(attn_impl="flash"))  # building never imports flash-attn
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="flash-attn"):
-            model(torch.randn(1, 4, 32), torch.rand(1))
+def test_flash_attention_is_optional_and_falls_back_where_it_cannot_run() -> None:
+    """A flash DiT on CPU computes what the SDPA DiT with the same weights computes, installed or not."""
+    sdpa = _randomize(DiT(_cfg()))
+    flash = DiT(_cfg(attn_impl="flash"))
+    flash.load_state_dict(sdpa.state_dict())
+    h, tau = torch.randn(2, 6, 32), torch.rand(2)
+    assert torch.equal(flash(h, tau), sdpa(h, tau))
+    installed = importlib.util.find_spec("flash_attn") is not None
+    assert "CUDA only" in flash_attention_problem("cpu", torch.bfloat16)
+    assert "fp16/bf16" in flash_attention_problem("cuda", torch.float32)
+    assert (flash_attention_problem("cuda", torch.bfloat16) is None) == installed
+    if not installed:
+        assert "not installed" in flash_attention_problem("cuda", torch.float16)
 
 
 @pytest.mark.parametrize(
@@ -109,6 +133,8 @@ def test_flash_attention_is_optional_and_lazy() -> None:
         ({"attn_impl": "xformers"}, "attn_impl"),
         ({"vocab_size": 1}, "vocab_size"),
         ({"d_model": 36, "n_heads": 4}, "even"),
+        ({"softcap": -1.0}, "softcap"),
+        ({"dropout": 1.0}, "dropout"),
     ],
 )
 def test_config_errors_name_the_field(kw: dict, match: str) -> None:

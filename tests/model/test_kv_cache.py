@@ -57,20 +57,32 @@ def test_cache_errors() -> None:
 
 def test_bottom_right_causal_mask_for_fewer_queries_than_keys() -> None:
     q, k, v = (torch.randn(2, 6, 3, 8, dtype=torch.float64) for _ in range(3))
-    full = attention(q, k, v, causal=True, dropout=0.0, impl="sdpa")
-    assert torch.allclose(attention(q[:, 2:], k, v, causal=True, dropout=0.0, impl="sdpa"), full[:, 2:], atol=1e-12)
-    assert torch.allclose(attention(q[:, 5:], k, v, causal=True, dropout=0.0, impl="sdpa"), full[:, 5:], atol=1e-12)
+    full = attention(q, k, v, causal=True, impl="sdpa")
+    assert torch.allclose(attention(q[:, 2:], k, v, causal=True, impl="sdpa"), full[:, 2:], atol=1e-12)
+    assert torch.allclose(attention(q[:, 5:], k, v, causal=True, impl="sdpa"), full[:, 5:], atol=1e-12)
 
 
-def test_cache_under_bf16_autocast_hands_back_the_activation_dtype() -> None:
+def test_cache_under_bf16_autocast_is_stored_in_bf16_and_read_without_copies() -> None:
     model = _causal(dtype=torch.float32)
-    cache = model.new_cache(2, 5)
-    k = torch.randn(2, 3, 4, 8, dtype=torch.bfloat16)
-    keys, values = cache.extend(0, k, k)
-    assert keys.dtype == values.dtype == torch.bfloat16 and cache.keys.dtype == torch.float32
+    assert model.new_cache(2, 5).keys.dtype == torch.float32  # no autocast: the weights' dtype
     ids = torch.randint(0, 23, (2, 5))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         full = model(model.embed_ids(ids)).float()
         cache = model.new_cache(2, 5)
         steps = torch.cat([model(model.embed_ids(ids[:, i:i + 1]), cache=cache).float() for i in range(5)], 1)
+    assert cache.keys.dtype == cache.values.dtype == torch.bfloat16
     assert (steps - full).abs().max() < 0.05 * full.abs().max()
+    # reading the cache back hands out views of the buffers, not per-token copies
+    cache.length = 0
+    k = torch.randn(2, 3, 4, 8, dtype=torch.bfloat16)
+    keys, values = cache.extend(1, k, k)
+    assert keys.data_ptr() == cache.keys[1].data_ptr() and values.data_ptr() == cache.values[1].data_ptr()
+    assert torch.equal(keys, k)
+
+
+def test_cache_on_a_device_without_autocast() -> None:
+    """The ``meta`` device (placement tests' stand-in device) has no autocast: the weights' dtype, no error."""
+    with torch.device("meta"):
+        model = DiT(DiTConfig(vocab_size=23, d_model=32, n_layers=1, n_heads=4, n_times=0, causal=True))
+    cache = model.new_cache(2, 4)
+    assert cache.keys.device.type == "meta" and cache.keys.dtype == torch.float32
