@@ -211,6 +211,9 @@ class HFTokenizer(Frozen):
     bos: str | None = None
     eos: str | None = None
     pad: str | None = None
+    add_pad: bool = False
+    """Append the padding token (``pad``, default ``[PAD]``) as a new special token when the
+    vocabulary lacks it: the reference's GPT-2 setup (50,257 + 1 = 50,258 ids, MATH.md §7)."""
 
 
 class CharTokenizer(Frozen):
@@ -274,15 +277,19 @@ class ModelParams(Frozen):
     cond_dim: int = Field(128, ge=1)
     """Width of the time-conditioning vector."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    """Dropout on attention and MLP outputs."""
+    """Dropout on the block outputs (attention and MLP); none on the input embedding or the attention
+    probabilities (the reference DiT)."""
     attn_impl: Literal["sdpa", "flash"] = "sdpa"
-    """``sdpa`` (torch, any device) or ``flash`` (flash-attn, CUDA only, the ``gpu`` extra)."""
+    """``sdpa`` (torch, any device) or ``flash`` (flash-attn: CUDA with bf16, the ``gpu`` extra; training
+    elsewhere is an error, sampling a flash checkpoint elsewhere falls back to SDPA with the same weights)."""
+    softcap: float = Field(0.0, ge=0.0)
+    """Attention logit soft-cap ``c``: scores ``c·tanh(q kᵀ/(c√d_h))`` before the softmax; 0 is off (paper: 50)."""
     rope_base: float = Field(10000.0, gt=0.0)
     """Rotary embedding base."""
     time_freq_dim: int = Field(256, ge=2)
     """Width of the sinusoidal time features."""
     time_scale: float = Field(1000.0, gt=0.0)
-    """``τ`` is multiplied by this before the sinusoids."""
+    """``τ`` is multiplied by this before the sinusoids (the reference feeds ``τ`` itself: 1)."""
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelParams:
@@ -337,7 +344,8 @@ class LoopParams(Frozen):
     seed: Seed = 0
     """Seed of the batch order, the initial weights and the objective's noise (``0 ... 2**32 - 1``)."""
     compile: bool = False
-    """``torch.compile`` the backbone (GPU runs)."""
+    """``torch.compile`` the ``features`` of every network the objective runs (the trained backbone,
+    FMLM's frozen teacher), the unit that full and chunked losses and the samplers all call (GPU runs)."""
     ce_chunk: int = Field(0, ge=0)
     """Tokens per chunk of the output head + cross entropy in the loss (0: the whole micro-batch at
     once). With a chunk, no ``(B·L, V)`` logits exist: set it when they dominate memory (GPT-2's
@@ -378,6 +386,10 @@ class DistillParams(LoopParams):
     boundary_fraction: float = Field(1 / 64, ge=0.0, le=1.0)
     """Share of each batch at ``(τ_s, τ_t) = (0, 1)``; with ``diag_fraction`` at most 1 (the rest is
     off-diagonal)."""
+    method: Literal["semigroup", "lagrangian", "eulerian"] = "semigroup"
+    """The off-diagonal teacher (MATH.md §2): ``semigroup`` (the paper's), ``lagrangian`` (sparsemax-
+    projected, cross entropy) or ``eulerian`` (squared error); the last two take JVPs of the student
+    and need ``model.attn_impl: sdpa``."""
     sample_steps: tuple[PositiveInt, ...] = Field((1, 4), min_length=1)
 
     @model_validator(mode="after")
@@ -430,6 +442,12 @@ class EvalParams(Frozen):
     """The Hub commit (40 hex digits) an ``hf:NAME`` judge's weights and tokenizer are read at, so the
     same name always scores with the same model. Default: the pinned commit of ``hf:gpt2-large``
     (``HUB_JUDGE_REVISIONS``); required for any other ``hf:`` judge; only for ``hf:`` judges."""
+    protocol: Literal["document", "reference"] = "document"
+    """How samples are turned into judged text (MATH.md §4, :mod:`flm.eval.judge`). ``document``: each
+    sample is one document, its text up to the first document separator, read from the judge's BOS
+    to its EOS (the laptop profiles; docs/PIPELINE.md says why). ``reference``: the
+    reference code's, for numbers next to the paper's: the whole sample decoded with its special
+    tokens as text, the first ``L`` judge tokens, no BOS, every non-EOS token plus the first EOS."""
     models: tuple[EvalModelName, ...] = Field(("flm", "fmlm", "mdlm", "ar"), min_length=1)
     """Models evaluated, each read from ``models/<name>`` (a DVC dependency)."""
     n_samples: int = Field(16, ge=2)

@@ -6,14 +6,14 @@ CSVs of the DVC plots, ``rows.json``, ``metrics.json``) and ``metrics/eval.json`
 work itself is :func:`flm.eval.stage.evaluate_models`; this module only wires MLflow around it:
 
 * an MLflow run ``evaluate`` tagged with the lineage (git commit, DVC hashes of the inputs, the
-  Prefect flow-run id), the ``eval`` params, a metric per row (``gen_ppl/flm/nfe_8``,
-  ``nll_per_byte/...``, ``entropy/...``, ``ci_low/...``, ``ci_high/...``, ``sec_per_seq/...``; the
-  reference row as ``nll_per_byte/data``, ``gen_ppl/data``, ``entropy/data``) and the report
-  directory as artifacts (``eval/``); the report's headline is printed (logged) at the end;
+  Prefect flow-run id), the judge and the Gen PPL ``protocol``, the ``eval`` params, a metric per
+  row (``gen_ppl/flm/nfe_8``, ``nll_per_byte/...``, ``entropy/...``, ``ci_low/...``, ``ci_high/...``,
+  ``sec_per_seq/...``; the reference row as ``nll_per_byte/data``, ``gen_ppl/data``, ``entropy/data``)
+  and the report directory as artifacts (``eval/``); the report's headline is printed (logged) at the end;
 * on every registered version of ``<name>`` whose ``ema_sha256`` tag matches
   ``models/<name>/ema.safetensors`` (:func:`flm.registry.publish.versions_with_weights`), the tags
   of :func:`flm.eval.stage.version_tags` (Gen PPL and entropy at ``promote_nfe``, the reference
-  entropy, the judge) plus ``eval.run_id``: what the promote flow decides on.
+  entropy, the judge, the protocol) plus ``eval.run_id``: what the promote flow decides on.
 """
 
 from __future__ import annotations
@@ -64,11 +64,13 @@ def run_evaluate(params: Params, root: str | Path = ".", device: str | None = No
     device = resolve_device(device)  # before MLflow: a device this machine lacks is one line
     spec = params.eval
     uri = default_tracking_uri(state)
-    tags = lineage_tags(root, "evaluate") | {"stage": "evaluate", "profile": params.profile, "judge": spec.judge}
+    tags = lineage_tags(root, "evaluate") | {"stage": "evaluate", "profile": params.profile, "judge": spec.judge,
+                                             "protocol": spec.protocol}
     run = make_tracker("flm", run_name="evaluate", state_dir=state, tracking_uri=uri, tags=tags)
     try:
         run.log_params({"eval": spec.model_dump(mode="json")})
-        log(f"evaluate: judge {spec.judge} on {device}, models {', '.join(spec.models)}, MLflow run {run.run_id}")
+        log(f"evaluate: judge {spec.judge} ({spec.protocol} protocol) on {device}, models {', '.join(spec.models)}, "
+            f"MLflow run {run.run_id}")
         judge_spec = f"ar:{root / spec.judge[3:]}" if spec.judge.startswith("ar:") else spec.judge
         judge = load_judge(judge_spec, state, device, tokenizer_dir=root / "data" / "tokenizer",
                            revision=spec.judge_revision)
@@ -79,7 +81,8 @@ def run_evaluate(params: Params, root: str | Path = ".", device: str | None = No
         metrics = {"eval": json.loads(result.files["metrics.json"].read_text(encoding="utf-8"))}
         write_json_atomic(metrics_file, metrics)
         run.log_metrics(_row_metrics(result.rows, result.reference), step=0)
-        log(headline(result.rows, result.reference, judge.name) + f"\n(full report: {result.files['report.md']})")
+        summary = headline(result.rows, result.reference, judge.name, spec.protocol)
+        log(summary + f"\n(full report: {result.files['report.md']})")
         run.log_artifacts(root / "reports" / "eval", "eval")
         run.log_artifact(metrics_file)
         client = MlflowClient(uri)

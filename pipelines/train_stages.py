@@ -215,7 +215,8 @@ def distill_fmlm(
     torch.manual_seed(params.distill.seed)
     d = params.distill
     objective = FMLMDistillation.from_teacher(
-        teacher, diag_fraction=d.diag_fraction, boundary_fraction=d.boundary_fraction, ce_chunk=d.ce_chunk
+        teacher, diag_fraction=d.diag_fraction, boundary_fraction=d.boundary_fraction, ce_chunk=d.ce_chunk,
+        method=d.method,
     ).to(device)
     key = {
         "distill": d.model_dump(mode="json"),

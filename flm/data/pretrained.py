@@ -93,13 +93,21 @@ def load_pretrained(
     bos: str | None = None,
     eos: str | None = None,
     pad: str | None = None,
+    add_pad: bool = False,
 ) -> tuple[Tokenizer, int | None, int, int]:
-    """The tokenizer and its BOS (or None), EOS and PAD ids (PAD falls back to EOS)."""
+    """The tokenizer and its BOS (or None), EOS and PAD ids (PAD falls back to EOS).
+
+    ``add_pad``: append ``pad`` (default ``[PAD]``) as a special token if the vocabulary lacks it.
+    """
     main, configs = _fetch(name, revision)
     try:
         tokenizer = Tokenizer.from_file(str(main))
     except Exception as err:
         raise DataError(f"data.tokenizer.name: {main} is not a readable tokenizer.json ({err})") from None
+    if add_pad:
+        pad = pad or "[PAD]"
+        if tokenizer.token_to_id(pad) is None:
+            tokenizer.add_special_tokens([pad])
     named = _named_specials(configs)
     bos_id = _pick(tokenizer, bos, "bos", [named.get("bos_token"), named.get("cls_token")], BOS_GUESSES)
     eos_id = _pick(tokenizer, eos, "eos", [named.get("eos_token"), named.get("sep_token")], EOS_GUESSES)

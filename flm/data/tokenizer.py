@@ -159,7 +159,7 @@ def build_tokenizer(
     if isinstance(spec, HFTokenizer):
         from flm.data.pretrained import load_pretrained
 
-        tokenizer, bos, eos, pad = load_pretrained(spec.name, spec.revision, spec.bos, spec.eos, spec.pad)
+        tokenizer, bos, eos, pad = load_pretrained(spec.name, spec.revision, spec.bos, spec.eos, spec.pad, spec.add_pad)
         return finish(tokenizer, "hf", spec.name, bos, eos, pad)
     raise DataError(f"data.tokenizer: unknown tokenizer {spec!r}; known kinds: {', '.join(TOKENIZER_KINDS)}")
 

@@ -5,7 +5,7 @@ Interface (no dependence on how a model is loaded or sampled):
 * an :class:`Entry` names a model, its sampler kind, the NFE (sampling steps) and the sampler options,
   and carries ``sample(n, steps, seed) -> list[list[int]]``: ``n`` sequences of the model's token ids;
 * ``decode(ids) -> str`` turns one sequence into text (the data tokenizer's decoder);
-* a :class:`flm.eval.judge.Judge` scores the texts.
+* a :class:`flm.eval.judge.Judge` scores the texts under the protocol of :class:`EvalSettings`.
 
 :func:`evaluate` returns one row (a plain dict) per entry, :func:`reference_row` the same row for
 real held-out text: ``n_samples`` blocks of the same length ``L`` drawn from the validation split
@@ -64,7 +64,8 @@ class Entry:
 @dataclass(frozen=True)
 class EvalSettings:
     """``n_samples`` sequences per entry, drawn ``batch_size`` at a time; ``n_boot`` bootstrap resamples
-    for a ``level`` interval; ``n_show`` texts kept per row; ``progress``: tqdm bars."""
+    for a ``level`` interval; ``n_show`` texts kept per row; ``progress``: tqdm bars; ``protocol`` and
+    ``max_length`` (``L``, ``reference`` only): how the judge scores the texts (:meth:`Judge.score`)."""
 
     n_samples: int = 1024
     seed: int = 0
@@ -73,6 +74,8 @@ class EvalSettings:
     level: float = 0.95
     n_show: int = 3
     progress: bool = True
+    protocol: str = "document"
+    max_length: int | None = None
 
 
 def _chunk_seed(seed: int, k: int) -> int:
@@ -119,7 +122,7 @@ def evaluate_entry(
         if len(chunk) != n:
             raise ValueError(f"{label}: sample(n={n}) returned {len(chunk)} sequences")
         chunk_texts = [decode(s) for s in chunk]
-        chunk_nll, chunk_count, chunk_bytes = judge.score(chunk_texts)
+        chunk_nll, chunk_count, chunk_bytes = judge.score(chunk_texts, settings.protocol, settings.max_length)
         ids += chunk
         texts += chunk_texts
         nll.append(chunk_nll)
@@ -153,7 +156,8 @@ def reference_row(
     texts = [decode(s) for s in ids]
     nll, count, n_bytes = [], [], []
     for start in tqdm(range(0, n, settings.batch_size), desc="held-out text", disable=not settings.progress):
-        chunk_nll, chunk_count, chunk_bytes = judge.score(texts[start : start + settings.batch_size])
+        chunk_texts = texts[start : start + settings.batch_size]
+        chunk_nll, chunk_count, chunk_bytes = judge.score(chunk_texts, settings.protocol, settings.max_length)
         nll.append(chunk_nll)
         count.append(chunk_count)
         n_bytes.append(chunk_bytes)

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from flm.eval.judge import PROTOCOLS
+
 __all__ = ["HEADLINE", "compare", "headline", "headline_rows", "mark_degenerate"]
 
 Row = Mapping[str, Any]
@@ -99,13 +101,15 @@ def _claims(picked: Sequence[Row]) -> list[str]:
     return lines
 
 
-def headline(rows: Sequence[Row], reference: Row, judge: str) -> str:
-    """The report's first section (Markdown): the claim's rows side by side and each comparison."""
+def headline(rows: Sequence[Row], reference: Row, judge: str, protocol: str | None = None) -> str:
+    """The report's first section (Markdown): the claim's rows side by side and each comparison; ``protocol``
+    (``document`` or ``reference``, :data:`flm.eval.judge.PROTOCOLS`) is named when given."""
     picked = headline_rows(rows)
+    named = f"protocol `{protocol}` ({PROTOCOLS[protocol]}); " if protocol is not None else ""
     lines = [
         "## One forward pass vs several",
         "",
-        f"Judge {judge}; {reference['n_samples']} samples per row; NLL per byte (nats per UTF-8 byte of "
+        f"Judge {judge}; {named}{reference['n_samples']} samples per row; NLL per byte (nats per UTF-8 byte of "
         "decoded text, lower is better) is the tokenization-independent score, Gen PPL the per-judge-token one; "
         "95 % bootstrap intervals. ⚠ marks a row below the entropy floor (degenerate text).",
         "",

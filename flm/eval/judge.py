@@ -1,22 +1,43 @@
 """A judge: a causal LM that scores decoded text, the yardstick of generative perplexity (MATH.md §4).
 
 :class:`Judge` wraps any causal LM given as a callable ``logits(ids) -> logits`` plus an encoder
-``texts -> token ids``: a Hugging Face model (:mod:`flm.eval.judges`) or the pipeline's own AR
-model. :meth:`Judge.nll` scores texts under the protocol:
+``texts -> token ids``: a Hugging Face model or the pipeline's own AR model. :meth:`Judge.score`
+scores texts under one of two protocols (:data:`PROTOCOLS`), both "every non-EOS token plus the
+first EOS", Gen PPL ``exp(Σ nll / Σ count)`` over all texts:
+
+``document`` (each text is one document, read from the judge's BOS to its EOS):
 
 * each text is re-tokenized with the judge's tokenizer (``ids = encode(text)``);
 * the judge's BOS is prepended when it has one, so the first real token is scored too;
-* ``ids`` is cut after its first EOS if it contains one, else the EOS is appended: every non-EOS
-  token plus the first EOS is counted;
+* ``ids`` is cut after its first EOS if it contains one, else the EOS is appended;
 * long texts are **truncated** to the judge's context length ``n_ctx`` (the sequence including the
-  BOS); what was cut is not scored, and ``count`` says how many tokens were.
+  BOS); what was cut is not scored. For the scored sequence ``s = [BOS] + ids[:k]``:
 
-For the scored sequence ``s = [BOS] + ids[:k]`` (``s`` without BOS when the judge has none):
+      nll = Σ_{j=1}^{|s|-1} -log p(s_j | s_{<j}),    count = |s| - 1.
 
-    nll = Σ_{j=1}^{|s|-1} -log p(s_j | s_{<j}),    count = |s| - 1.
+``reference`` (the reference code's protocol, exactly as MATH.md §4 states it):
+
+* the row is ``r = ids[:L]`` (``L = max_length``, the generating model's sequence length), **no BOS**,
+  followed by one EOS when ``len(ids) < L`` (the first of the EOS padding the reference pads every
+  row with up to the longest row, ``L`` whenever some sample reaches ``L`` judge tokens);
+* ``r`` is cut into context chunks of ``C = min(1024, n_ctx)`` tokens, each read on its own; in a
+  chunk ``c`` the first token is context, and position ``j ≥ 1`` counts when ``c_j`` is not EOS or is
+  the chunk's first EOS (text after an EOS is still scored, later EOS are not):
+
+      nll = Σ_c Σ_{j ≥ 1 counted} -log p(c_j | c_{<j}),    count = Σ_c #{j ≥ 1 counted}.
+
+  For ``L ≤ 1024`` (both paper profiles) there is one chunk, the whole row.
+
+**Bytes** (NLL per byte, MATH.md §4): the UTF-8 bytes of the text covered by the *counted* tokens.
+The bytes covered by the first ``k`` judge tokens are those of the longest character prefix whose
+encoding has at most ``k`` tokens (the whole text when ``k`` reaches its length); a token ``j``
+covers ``covered(j+1) - covered(j)``. ``document``: the text up to the kept tokens (BOS and the EOS
+cover none). ``reference``: the same for ``ids[:L]``, less the bytes of the tokens read as context
+only (the first token of each chunk) and of the EOS tokens not counted.
 
 Right padding needs no attention mask for a causal LM: a position never sees a later one, and
-positions are counted from the start of the row, so the padding (with the EOS id) is simply ignored.
+positions are counted from the start of the row, so the padding (with the EOS id) is simply ignored;
+batched scores equal one-at-a-time scores to float32 precision.
 """
 
 from __future__ import annotations
@@ -33,7 +54,20 @@ import torch
 from flm.config import HUB_JUDGE_REVISIONS
 from flm.data.atomic import atomic_dir
 
-__all__ = ["Judge", "JudgeError", "ar_judge", "hf_judge", "judge_sequence", "load_judge", "smollm2_judge"]
+__all__ = [
+    "PROTOCOLS", "REFERENCE_CONTEXT", "Judge", "JudgeError", "ar_judge", "hf_judge", "judge_sequence", "load_judge",
+    "reference_chunks", "reference_sequence", "smollm2_judge",
+]
+
+PROTOCOLS = {
+    "document": "each sample scored as one document: its text up to the first document separator, "
+                "between the judge's BOS and EOS",
+    "reference": "the reference code's: the whole decoded sample, its first L judge tokens, no BOS "
+                 "(the first token is context)",
+}
+"""The Gen PPL protocols (module docstring) and a one-line description of each, for the report."""
+REFERENCE_CONTEXT = 1024
+"""The reference protocol's context chunk (tokens); a judge with a shorter context reads chunks of ``n_ctx``."""
 
 
 class JudgeError(ValueError):
@@ -41,7 +75,7 @@ class JudgeError(ValueError):
 
 
 def judge_sequence(ids: list[int], bos_id: int | None, eos_id: int, n_ctx: int) -> list[int]:
-    """The sequence the judge reads: ``[BOS] + ids`` up to and including the first EOS, at most ``n_ctx`` long.
+    """The ``document`` protocol's sequence: ``[BOS] + ids`` up to and including the first EOS, at most ``n_ctx`` long.
 
     ``ids`` are the text's judge tokens (no specials added). Without an EOS in ``ids`` one is appended.
     All tokens after the first are scored (``len(result) - 1`` of them).
@@ -49,6 +83,25 @@ def judge_sequence(ids: list[int], bos_id: int | None, eos_id: int, n_ctx: int) 
     ids = ids[: ids.index(eos_id) + 1] if eos_id in ids else [*ids, eos_id]
     head = [bos_id] if bos_id is not None else []
     return [*head, *ids][:n_ctx]
+
+
+def reference_sequence(ids: list[int], eos_id: int, max_length: int) -> list[int]:
+    """The ``reference`` protocol's row: ``ids[:max_length]``, plus one EOS (the first padding) when shorter."""
+    return ids[:max_length] + ([eos_id] if len(ids) < max_length else [])
+
+
+def reference_chunks(row: list[int], eos_id: int, context: int) -> list[tuple[list[int], list[int]]]:
+    """The row in chunks of ``context`` tokens, each with its counted positions: ``(chunk, weights)``.
+
+    ``weights[j-1] = 1`` when position ``j ≥ 1`` of the chunk counts: its token is not EOS, or is the
+    chunk's first EOS (the reference's mask ``(c != EOS) | (cumsum(c == EOS) == 1)`` on ``c[1:]``).
+    """
+    out = []
+    for start in range(0, len(row), context):
+        chunk = row[start : start + context]
+        first = chunk.index(eos_id) if eos_id in chunk else -1
+        out.append((chunk, [int(tok != eos_id or j == first) for j, tok in enumerate(chunk) if j > 0]))
+    return out
 
 
 def _batches(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
@@ -82,69 +135,117 @@ class Judge:
     device: torch.device | str = "cpu"
     max_batch_tokens: int = 4096
 
-    def sequences(self, texts: list[str]) -> list[list[int]]:
-        """The judge sequences of ``texts`` (:func:`judge_sequence` of each)."""
-        return [judge_sequence(ids, self.bos_id, self.eos_id, self.n_ctx) for ids in self.encode(list(texts))]
+    def scored_bytes(self, texts: list[str], protocol: str = "document", max_length: int | None = None) -> np.ndarray:
+        """Per text: the UTF-8 bytes of the text that its counted judge tokens cover (int64, ``(N,)``; module
+        docstring). ``document``: the whole text's ``len(text.encode("utf-8"))`` unless tokens were cut."""
+        return self._score(texts, protocol, max_length, nll=False)[2]
 
-    def scored_bytes(self, texts: list[str]) -> np.ndarray:
-        """Per text: the UTF-8 bytes of the text that its scored judge tokens cover (int64, ``(N,)``).
+    def nll(self, texts: list[str], protocol: str = "document", max_length: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """Per text: the summed NLL in nats (float64, shape ``(N,)``) and the counted token count (int64, ``(N,)``).
 
-        The whole text's ``len(text.encode("utf-8"))`` unless the judge sequence drops some of its tokens
-        (truncation to ``n_ctx``, or text after an EOS); then the bytes of the longest character prefix
-        whose encoding has at most the kept number of tokens. The EOS scored at the end covers no byte.
+        ``nll_i = Σ_j -log p(s_j | s_{<j})`` over the counted tokens of text ``i`` under ``protocol``
+        (module docstring); log-probabilities are taken in float32 at least, sums accumulated in float64.
         """
-        return self._scored_bytes(list(texts), self.encode(list(texts)))
+        nll, count, _ = self._score(texts, protocol, max_length, n_bytes=False)
+        return nll, count
 
-    def score(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`nll` and :meth:`scored_bytes` of ``texts`` from one encoding: ``(nll, count, n_bytes)``, ``(N,)``."""
-        encoded = self.encode(list(texts))
-        seqs = [judge_sequence(ids, self.bos_id, self.eos_id, self.n_ctx) for ids in encoded]
-        return *self._nll(seqs), self._scored_bytes(list(texts), encoded)
+    def score(self, texts: list[str], protocol: str = "document", max_length: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(nll, count, n_bytes)`` of ``texts``, each ``(N,)``, from one encoding (module docstring).
 
-    def _scored_bytes(self, texts: list[str], encoded: list[list[int]]) -> np.ndarray:
+        ``protocol``: ``document`` or ``reference``; ``max_length``: ``L``, the generating model's
+        sequence length, for ``reference`` only.
+
+        Raises:
+            JudgeError: an unknown ``protocol``, or ``max_length`` missing (``reference``) or given (``document``).
+        """
+        return self._score(texts, protocol, max_length)
+
+    def _score(self, texts: list[str], protocol: str, max_length: int | None, nll: bool = True,
+               n_bytes: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`score`; ``nll=False`` / ``n_bytes=False`` skip that part (zeros in its place)."""
+        if protocol not in PROTOCOLS:
+            raise JudgeError(f"judge {self.name!r}: unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+        if (protocol == "reference") != (max_length is not None):
+            raise JudgeError(f"judge {self.name!r}: max_length (the model's sequence length L) is for the "
+                             f"'reference' protocol only, and it needs one; got protocol {protocol!r}, {max_length=}")
+        texts = list(texts)
+        encoded = self.encode(texts)
+        if protocol == "document":
+            seqs = [judge_sequence(ids, self.bos_id, self.eos_id, self.n_ctx) for ids in encoded]
+            pieces = [(i, seq, [1] * (len(seq) - 1)) for i, seq in enumerate(seqs)]
+        else:
+            size = min(REFERENCE_CONTEXT, self.n_ctx)
+            rows = [reference_sequence(ids, self.eos_id, max_length) for ids in encoded]
+            pieces = [(i, *piece) for i, row in enumerate(rows) for piece in reference_chunks(row, self.eos_id, size)]
+        count = np.zeros(len(texts), dtype=np.int64)
+        np.add.at(count, np.array([i for i, _, _ in pieces], dtype=np.int64), [sum(w) for _, _, w in pieces])
+        scores = self._nll(pieces, len(texts)) if nll else np.zeros(len(texts), dtype=np.float64)
+        if not n_bytes:
+            return scores, count, np.zeros(len(texts), dtype=np.int64)
+        if protocol == "document":
+            return scores, count, self._document_bytes(texts, encoded)
+        return scores, count, self._reference_bytes(texts, encoded, pieces)
+
+    def _covered(self, text: str, ids: list[int], k: int) -> int:
+        """UTF-8 bytes of the text covered by its first ``k`` judge tokens: the longest character prefix whose
+        encoding has at most ``k`` tokens (the whole text when ``k ≥ len(ids)``)."""
+        if k >= len(ids):
+            return len(text.encode("utf-8"))
+        low, high = 0, len(text)
+        while low < high:
+            mid = (low + high + 1) // 2
+            fits = len(self.encode([text[:mid]])[0]) <= k
+            low, high = (mid, high) if fits else (low, mid - 1)
+        return len(text[:low].encode("utf-8"))
+
+    def _document_bytes(self, texts: list[str], encoded: list[list[int]]) -> np.ndarray:
         head = 1 if self.bos_id is not None else 0
         out = []
         for text, ids in zip(texts, encoded, strict=True):
             kept = len(judge_sequence(ids, self.bos_id, self.eos_id, self.n_ctx)) - head
             kept -= 1 if kept > 0 and (kept > len(ids) or ids[kept - 1] == self.eos_id) else 0
-            if kept >= len(ids):
-                out.append(len(text.encode("utf-8")))
-                continue
-            low, high = 0, len(text)  # the longest prefix text[:low] whose encoding fits in `kept` tokens
-            while low < high:
-                mid = (low + high + 1) // 2
-                fits = len(self.encode([text[:mid]])[0]) <= kept
-                low, high = (mid, high) if fits else (low, mid - 1)
-            out.append(len(text[:low].encode("utf-8")))
+            out.append(self._covered(text, ids, kept))
         return np.array(out, dtype=np.int64)
 
-    def nll(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Per text: the summed NLL in nats (float64, shape ``(N,)``) and the scored token count (int64, ``(N,)``).
-
-        ``nll_i = Σ_j -log p(s_j | s_{<j})`` over the scored tokens of text ``i`` (module docstring);
-        log-probabilities are taken in float32 at least, sums accumulated in float64.
-        """
-        return self._nll(self.sequences(texts))
+    def _reference_bytes(self, texts: list[str], encoded: list[list[int]],
+                         pieces: list[tuple[int, list[int], list[int]]]) -> np.ndarray:
+        """Bytes of ``ids[:L]`` less those of its tokens that are not counted (chunk heads, later EOS)."""
+        uncounted: list[list[int]] = [[] for _ in texts]
+        position = [0] * len(texts)
+        for i, chunk, weights in pieces:
+            uncounted[i] += [position[i] + j for j, w in enumerate([0, *weights]) if not w]
+            position[i] += len(chunk)
+        out = []
+        for text, ids, skip in zip(texts, encoded, uncounted, strict=True):
+            kept = min(len(ids), position[len(out)])
+            total = self._covered(text, ids, kept)
+            total -= sum(self._covered(text, ids, j + 1) - self._covered(text, ids, j) for j in skip if j < kept)
+            out.append(total)
+        return np.array(out, dtype=np.int64)
 
     @torch.no_grad()
-    def _nll(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        nll = np.zeros(len(seqs), dtype=np.float64)
-        count = np.array([len(s) - 1 for s in seqs], dtype=np.int64)
-        for rows in _batches([len(s) for s in seqs], self.max_batch_tokens):
-            width = len(seqs[rows[0]])
+    def _nll(self, pieces: list[tuple[int, list[int], list[int]]], n: int) -> np.ndarray:
+        """Per text, ``Σ weights_j · -log p(s_{j+1} | s_{≤j})`` over its pieces ``(text index, s, weights)``."""
+        nll = np.zeros(n, dtype=np.float64)
+        for rows in _batches([len(s) for _, s, _ in pieces], self.max_batch_tokens):
+            width = len(pieces[rows[0]][1])
             if width < 2:
                 continue
             ids = torch.full((len(rows), width), self.eos_id, dtype=torch.long)
-            for r, i in enumerate(rows):
-                ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
+            weights = torch.zeros((len(rows), width - 1), dtype=torch.float64)
+            for r, p in enumerate(rows):
+                _, seq, w = pieces[p]
+                ids[r, : len(seq)] = torch.tensor(seq)
+                weights[r, : len(w)] = torch.tensor(w, dtype=torch.float64)
             ids = ids.to(self.device)
             logits = self.logits(ids[:, :-1])
             logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
             token_nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1).double()
-            lengths = torch.tensor([len(seqs[i]) - 1 for i in rows], device=token_nll.device)
-            mask = torch.arange(width - 1, device=token_nll.device)[None, :] < lengths[:, None]
-            nll[rows] = (token_nll * mask).sum(-1).cpu().numpy()
-        return nll, count
+            sums = (token_nll * weights.to(token_nll.device)).sum(-1).cpu().numpy()
+            np.add.at(nll, [pieces[p][0] for p in rows], sums)
+        return nll
 
 
 # ---- named judges ------------------------------------------------------------------------------------

@@ -2,16 +2,17 @@
 
 :func:`write_report` writes into ``out_dir``:
 
-* ``metrics.json`` (DVC metrics): ``{"reference": {...}, MODEL: {VARIANT: {"nfe=N": {...}}}}`` with
-  ``nll_per_byte`` (and its interval), ``gen_ppl``, ``ci_low``, ``ci_high``, ``entropy``,
-  ``degenerate``, ``seconds_per_sequence`` per entry;
-* ``rows.json``: every row as given, sample texts and sampler options included;
+* ``metrics.json`` (DVC metrics): ``{"protocol": P, "reference": {...}, MODEL: {VARIANT: {"nfe=N": {...}}}}``
+  with ``nll_per_byte`` (and its interval), ``gen_ppl``, ``ci_low``, ``ci_high``, ``entropy``,
+  ``degenerate``, ``seconds_per_sequence`` per entry; ``protocol`` (the Gen PPL protocol,
+  ``document`` or ``reference``) only when given;
+* ``rows.json``: every row as given, sample texts and sampler options included (and the protocol);
 * ``gen_ppl_vs_nfe.csv`` (DVC plots): ``model, variant, nfe, nll_per_byte, nll_per_byte_low,
   nll_per_byte_high, gen_ppl, ci_low, ci_high, entropy, degenerate, seconds_per_sequence``, one line
   per entry;
 * ``gen_ppl_vs_entropy.csv`` (DVC plots): ``model, variant, nfe, entropy, gen_ppl, nll_per_byte,
   degenerate``, the reference included as model ``data``;
-* ``report.md``: the headline (:func:`flm.eval.headline.headline`: the claim's rows side by side),
+* ``report.md``: the headline (:func:`flm.eval.headline.headline`: the protocol, the claim's rows side by side),
   then the full table (NLL per byte and Gen PPL ± interval, entropy, time per sequence; rows by
   model, variant and NFE; ⚠ on rows below the entropy floor), the held-out reference line, and
   the sample texts per model and NFE;
@@ -32,6 +33,7 @@ from typing import Any
 
 from flm.data.atomic import write_json_atomic
 from flm.eval.headline import headline
+from flm.eval.judge import PROTOCOLS
 
 __all__ = ["write_report"]
 
@@ -51,8 +53,8 @@ def _curves(rows: Sequence[Row]) -> list[tuple[str, list[Row]]]:
     return [(label, sorted(curve, key=lambda r: r["nfe"])) for label, curve in order.items()]
 
 
-def _metrics(rows: Sequence[Row], reference: Row | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _metrics(rows: Sequence[Row], reference: Row | None, protocol: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"protocol": protocol} if protocol is not None else {}
     if reference is not None:
         out["reference"] = {key: reference[key] for key in SCORES}
     for row in rows:
@@ -93,10 +95,10 @@ def _table_line(row: Row) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _markdown(rows: Sequence[Row], reference: Row | None, title: str, judge: str) -> str:
+def _markdown(rows: Sequence[Row], reference: Row | None, title: str, judge: str, protocol: str | None) -> str:
     lines = [f"# {title}", ""]
     if reference is not None:
-        lines += [headline(rows, reference, judge), "", "## Every row", ""]
+        lines += [headline(rows, reference, judge, protocol), "", "## Every row", ""]
         lines += [
             f"Held-out text (the reference line): NLL per byte {reference['nll_per_byte']:.3f} "
             f"[{reference['nll_per_byte_low']:.3f}, {reference['nll_per_byte_high']:.3f}], Gen PPL "
@@ -104,6 +106,8 @@ def _markdown(rows: Sequence[Row], reference: Row | None, title: str, judge: str
             f"{reference['entropy']:.3f} nats, {reference['n_samples']} blocks.",
             "",
         ]
+    elif protocol is not None:
+        lines += [f"Gen PPL protocol: `{protocol}` ({PROTOCOLS[protocol]}).", ""]
     if any(_degenerate(r) for r in rows):
         lines += [f"⚠: {DEGENERATE}.", ""]
     lines += [
@@ -200,8 +204,13 @@ def write_report(
     title: str = "Generative perplexity",
     judge: str = "the judge",
     entropy_floor: float | None = None,
+    protocol: str | None = None,
 ) -> dict[str, Path]:
-    """Write the files listed in the module docstring into ``out_dir`` (created); return them by name."""
+    """Write the files listed in the module docstring into ``out_dir`` (created); return them by name.
+
+    ``protocol``: the Gen PPL protocol the rows were scored under (``document`` or ``reference``),
+    named in ``metrics.json``, ``rows.json`` and ``report.md``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -217,11 +226,12 @@ def write_report(
             "gen_ppl_vs_entropy.png",
         )
     }
-    write_json_atomic(paths["metrics.json"], _metrics(rows, reference))
-    write_json_atomic(paths["rows.json"], {"reference": reference, "rows": list(rows)})
+    named = {"protocol": protocol} if protocol is not None else {}
+    write_json_atomic(paths["metrics.json"], _metrics(rows, reference, protocol))
+    write_json_atomic(paths["rows.json"], {**named, "reference": reference, "rows": list(rows)})
     _write_csv(paths["gen_ppl_vs_nfe.csv"], [r for _, curve in _curves(rows) for r in curve], NFE_COLUMNS)
     _write_csv(paths["gen_ppl_vs_entropy.csv"], ([reference] if reference else []) + list(rows), ENTROPY_COLUMNS)
-    paths["report.md"].write_text(_markdown(rows, reference, title, judge) + "\n", encoding="utf-8")
+    paths["report.md"].write_text(_markdown(rows, reference, title, judge, protocol) + "\n", encoding="utf-8")
     _plot_nfe(paths["nll_per_byte_vs_nfe.png"], rows, reference, "nll_per_byte")
     _plot_nfe(paths["gen_ppl_vs_nfe.png"], rows, reference)
     _plot_entropy(paths["gen_ppl_vs_entropy.png"], rows, reference, entropy_floor)

@@ -15,12 +15,18 @@ of ``n_samples`` held-out validation blocks, flags the rows below ``entropy_floo
 entropy (:func:`flm.eval.headline.mark_degenerate`) and writes the report
 (:func:`flm.eval.report.write_report`, headed by :func:`flm.eval.headline.headline`).
 
-**Decoding.** Samples and held-out blocks are packed streams: a document separator (the data
-tokenizer's EOS, and its BOS when distinct) may appear anywhere. :func:`separator_decoder` decodes
-the ids *before the first separator* and the judge appends its own EOS (MATH.md §4: every non-EOS
-token plus the first EOS), so a data separator is exactly the judge's end-of-text boundary; the
-text after it is not scored. Samples and the reference are decoded alike, and the report shows
-exactly the scored texts.
+**Decoding** (``eval.protocol``, MATH.md §4). Samples and held-out blocks are packed streams: a
+document separator (the data tokenizer's EOS, and its BOS when distinct) may appear anywhere.
+
+* ``document``: :func:`separator_decoder` decodes the ids *before the first separator* and the
+  judge appends its own EOS (every non-EOS token plus the first EOS), so a data separator is
+  exactly the judge's end-of-text boundary; the text after it is not scored, and the report shows
+  exactly the scored texts.
+* ``reference``: :func:`whole_decoder` decodes every id, special tokens kept as their strings
+  (``[CLS]``/``[SEP]`` on LM1B, ``<|endoftext|>`` on OWT), as the reference's ``batch_decode``; the
+  judge reads the first ``L`` of its tokens (``L`` of ``data/tokens``) with no BOS.
+
+Samples and the reference are decoded and scored alike.
 
 :func:`version_tags` turns one model's row at ``promote_nfe`` (and the reference row) into the
 model-version tags that :func:`flm.registry.promote.promote` reads.
@@ -42,7 +48,10 @@ from flm.eval.judge import Judge
 from flm.eval.report import write_report
 from flm.registry import promote as tags
 
-__all__ = ["EvalResult", "evaluate_models", "metric_key", "model_entries", "separator_decoder", "version_tags"]
+__all__ = [
+    "EvalResult", "evaluate_models", "metric_key", "model_entries", "separator_decoder", "version_tags",
+    "whole_decoder",
+]
 
 Row = Mapping[str, Any]
 
@@ -66,6 +75,18 @@ def separator_decoder(tokenizer_dir: str | Path) -> Callable[[list[int]], str]:
     def decode(ids: list[int]) -> str:
         cut = next((i for i, token in enumerate(ids) if token in separators), len(ids))
         return tokenizer.decode(ids[:cut])
+
+    return decode
+
+
+def whole_decoder(tokenizer_dir: str | Path) -> Callable[[list[int]], str]:
+    """``decode(ids)``: the text of all of ``ids``, special tokens kept as their strings (not skipped)."""
+    from flm.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir).tokenizer
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(list(ids), skip_special_tokens=False)
 
     return decode
 
@@ -107,9 +128,11 @@ def evaluate_models(
     from flm.registry.generator import TextGenerator
 
     blocks = TokenBlocks(tokens_dir, "val")
-    decode = separator_decoder(tokenizer_dir)
+    reference_protocol = params.protocol == "reference"
+    decode = (whole_decoder if reference_protocol else separator_decoder)(tokenizer_dir)
     settings = EvalSettings(params.n_samples, params.seed, params.batch_size, params.n_boot, n_show=params.n_show,
-                            progress=progress)
+                            progress=progress, protocol=params.protocol,
+                            max_length=blocks.seq_len if reference_protocol else None)
     entries: list[Entry] = []
     for name in params.models:
         folder = Path(model_dirs[name])
@@ -122,8 +145,10 @@ def evaluate_models(
         entries += model_entries(name, generator, params, blocks.seq_len)
     reference = reference_row(blocks, decode, judge, settings)
     rows = mark_degenerate(evaluate(entries, decode, judge, settings), reference, params.entropy_floor)
-    title = f"Evaluation (judge {judge.name}, {params.n_samples} samples, seed {params.seed})"
-    files = write_report(rows, out_dir, reference, title=title, judge=judge.name, entropy_floor=params.entropy_floor)
+    title = (f"Evaluation (judge {judge.name}, protocol {params.protocol}, {params.n_samples} samples, "
+             f"seed {params.seed})")
+    files = write_report(rows, out_dir, reference, title=title, judge=judge.name, entropy_floor=params.entropy_floor,
+                         protocol=params.protocol)
     return EvalResult(rows, reference, files)
 
 
@@ -139,7 +164,7 @@ def version_tags(name: str, rows: Sequence[Row], reference: Row, params: EvalPar
     """Model-version tags of ``name``'s evaluation: its default variant at ``promote_nfe`` (AR: its one row).
 
     Keys are those :func:`flm.registry.promote.promote` reads (``eval.gen_ppl``, ``eval.entropy``,
-    ``eval.reference_entropy``, ...).
+    ``eval.reference_entropy``, ``eval.protocol``, ...).
     """
     own = [r for r in rows if r["model"] == name and not r["options"]]
     row = own[0] if name == "ar" else next((r for r in own if r["nfe"] == params.promote_nfe), None)
@@ -150,5 +175,6 @@ def version_tags(name: str, rows: Sequence[Row], reference: Row, params: EvalPar
         "eval.ci_low": row["ci_low"], "eval.ci_high": row["ci_high"], "eval.reference_gen_ppl": reference["gen_ppl"],
         "eval.nfe": row["nfe"], "eval.n_samples": row["n_samples"], "eval.seed": params.seed,
     }
-    protocol = {tags.JUDGE: judge, tags.PROMOTE_NFE: str(params.promote_nfe), tags.VARIANT: row["variant"]}
+    protocol = {tags.JUDGE: judge, tags.PROMOTE_NFE: str(params.promote_nfe), tags.VARIANT: row["variant"],
+                tags.GEN_PPL_PROTOCOL: params.protocol}
     return {key: repr(float(v)) if isinstance(v, float) else str(v) for key, v in values.items()} | protocol

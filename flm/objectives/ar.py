@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flm.flow import gumbel_max
+from flm.flow import BatchSlice, gumbel_max
 from flm.model import DiT, KVCache
 from flm.objectives.common import LossOutput, chunked_token_cross_entropy, token_cross_entropy
 
@@ -49,8 +49,10 @@ class ARObjective(nn.Module):
         return torch.cat([start, x[:, :-1]], dim=1)
 
     # ---------------------------------------------------------------- training
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> LossOutput:
-        """Mean next-token NLL of ``x`` ``(B, L)``; ``generator`` is unused (the loss is deterministic)."""
+    def forward(
+        self, x: Tensor, generator: torch.Generator | None = None, batch: BatchSlice | None = None
+    ) -> LossOutput:
+        """Mean next-token NLL of ``x`` ``(B, L)``; ``generator`` and ``batch`` are unused (no times, no noise)."""
         h = self.backbone.embed_ids(self.shift_right(x))
         if self.ce_chunk:
             feats = self.backbone.features(h)

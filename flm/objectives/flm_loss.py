@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from flm.flow import (
+    BatchSlice,
     TimeSchedule,
     dense_state,
     flm_sample,
@@ -54,9 +55,16 @@ class FLMObjective(nn.Module):
         self.loss_weight = LossWeight() if learn_loss_weight else None
 
     # ---------------------------------------------------------------- training
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> LossOutput:
-        """Loss on clean tokens ``x`` ``(B, L)`` with fresh stratified times and projected noise."""
-        tau = stratified_times(x.shape[0], generator, x.device)
+    def forward(
+        self, x: Tensor, generator: torch.Generator | None = None, batch: BatchSlice | None = None
+    ) -> LossOutput:
+        """Loss on clean tokens ``x`` ``(B, L)`` with fresh stratified times and projected noise.
+
+        ``batch``: which rows of the global batch ``x`` is (times drawn for the whole global batch);
+        ``None`` is the whole batch, times and noise both from ``generator``.
+        """
+        batch = batch or BatchSlice.local(x.shape[0], generator)
+        tau = stratified_times(batch.size, batch.generator, x.device)[batch.rows(x.shape[0])]
         noise_h = ProjectedSpace(self.backbone.embedding).noise(tuple(x.shape), generator)
         return self.loss(x, tau, noise_h)
 

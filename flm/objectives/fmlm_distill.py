@@ -1,32 +1,34 @@
-"""FMLM: one-stage semigroup cross-entropy distillation of an FLM teacher (MATH.md §2, §3).
+"""FMLM: one-stage distillation of an FLM teacher into a flow map (MATH.md §2, §3).
 
 Batch split by fixed fractions (row order: diagonal, boundary, off-diagonal):
 
 * diagonal: ``τ_s = τ_t ~ U[0,1]``; target the frozen teacher ``p^T(z_s, τ_s)``;
 * boundary: ``(τ_s, τ_t) = (0, 1)``, treated as off-diagonal;
 * off-diagonal: ``τ_d ~ U[0,1]``, ``τ_s ~ U[0, 1-τ_d]``, ``τ_t = τ_s + τ_d``, ``τ_u = (τ_s+τ_t)/2``;
-  target ``δ̄ = λ δ_θ(z_s; s,u) + (1-λ) δ_θ(X_{s,u}(z_s); u,t)`` from the online student, no gradient.
+  target from the online student, no gradient, by ``method`` (:mod:`flm.objectives.off_diagonal`):
+  semigroup (default, the paper's) ``δ̄ = λ δ_θ(z_s; s,u) + (1-λ) δ_θ(X_{s,u}(z_s); u,t)``, or the
+  Lagrangian or Eulerian teacher.
 
-Loss ``CE(target, δ_θ(z_s; τ_s, τ_t))`` averaged over tokens. Teacher and student see the same
-noise through the joint factor of ``[E_T  E_S]``; no ``V``-wide noise or state exists.
+Loss ``CE(target, δ_θ(z_s; τ_s, τ_t))`` (squared error on the Eulerian off-diagonal rows) averaged
+over tokens. Teacher and student see the same noise through the joint factor of ``[E_T  E_S]``;
+no ``V``-wide noise or state exists.
 """
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from flm.flow import (
+    BatchSlice,
     TimeSchedule,
-    flow_map,
     flow_map_sample,
     noise_factor,
     projected_state,
     sample_projected_noise,
-    semigroup_target,
-    semigroup_weight,
     stratified_times,
     uniform_grid,
 )
@@ -38,8 +40,9 @@ from flm.objectives.common import (
     chunked_soft_cross_entropy,
     soft_cross_entropy,
 )
+from flm.objectives.off_diagonal import off_diagonal
 
-__all__ = ["FMLMDistillation", "split_sizes"]
+__all__ = ["FMLMDistillation", "interleaved_rows", "split_sizes"]
 
 
 def split_sizes(batch: int, diag_fraction: float, boundary_fraction: float) -> tuple[int, int, int]:
@@ -50,6 +53,17 @@ def split_sizes(batch: int, diag_fraction: float, boundary_fraction: float) -> t
     return n_diag, n_bnd, batch - n_diag - n_bnd
 
 
+def interleaved_rows(sizes: tuple[int, ...]) -> np.ndarray:
+    """Global row indices (rows grouped by kind, in the order of ``sizes``) dealt evenly.
+
+    Row ``i`` of a kind with ``c`` rows gets the key ``(i + ½) / c``; sorting by it (stably, so
+    ties keep the kind order) interleaves the kinds, and every contiguous slice of the result holds
+    each kind in proportion to its share, within one row.
+    """
+    keys = np.concatenate([(np.arange(c) + 0.5) / c for c in sizes if c])
+    return np.argsort(keys, kind="stable")
+
+
 class FMLMDistillation(nn.Module):
     """Student flow map ``δ_θ(z; τ_s, τ_t)`` distilled from a frozen FLM teacher ``p^T(z, τ)``.
 
@@ -58,14 +72,17 @@ class FMLMDistillation(nn.Module):
         teacher: one-time DiT (``n_times = 1``); frozen here.
         diag_fraction: share of diagonal rows (paper: 1/2).
         boundary_fraction: share of ``(0, 1)`` rows (paper: 1/64).
-        ce_chunk: if > 0, the loss runs the output heads (student, teacher targets, semigroup
-            targets and the midpoint lift) this many tokens at a time, so no ``(B, L, V)`` tensor
+        ce_chunk: if > 0, the loss runs the output heads (student, teacher targets, off-diagonal
+            targets and the lifts ``δE``) this many tokens at a time, so no ``(B, L, V)`` tensor
             exists (:func:`~flm.objectives.common.chunked_soft_cross_entropy`).
+        method: the off-diagonal teacher: ``"semigroup"`` (paper), ``"lagrangian"`` or
+            ``"eulerian"`` (:func:`~flm.objectives.off_diagonal.off_diagonal`; the last two take
+            JVPs of the student, so its attention must be ``attn_impl="sdpa"``).
     """
 
     def __init__(
         self, student: DiT, teacher: DiT, diag_fraction: float = 0.5, boundary_fraction: float = 1 / 64,
-        ce_chunk: int = 0,
+        ce_chunk: int = 0, method: str = "semigroup",
     ) -> None:
         super().__init__()
         if student.config.n_times != 2 or teacher.config.n_times != 1:
@@ -76,6 +93,10 @@ class FMLMDistillation(nn.Module):
             raise ValueError("diag_fraction and boundary_fraction must lie in [0, 1]")
         if ce_chunk < 0:
             raise ValueError(f"ce_chunk must be >= 0, got {ce_chunk}")
+        self.off = off_diagonal(method)
+        if self.off.jvp and student.config.attn_impl != "sdpa":
+            raise ValueError(f"method={method!r} differentiates the student in forward mode, which "
+                             f"attn_impl={student.config.attn_impl!r} cannot: use attn_impl='sdpa'")
         self.student = student
         self.teacher = teacher.requires_grad_(False).eval()
         self.ce_chunk = ce_chunk
@@ -83,7 +104,7 @@ class FMLMDistillation(nn.Module):
         self.diag_fraction, self.boundary_fraction = diag_fraction, boundary_fraction
 
     @classmethod
-    def from_teacher(cls, teacher: DiT, **kwargs: float | int) -> FMLMDistillation:
+    def from_teacher(cls, teacher: DiT, **kwargs: float | int | str) -> FMLMDistillation:
         """Student = teacher's weights (pass the EMA copy) plus a zero-initialized second time
         embedding, so ``δ_θ(z; τ, τ') = p^T(z, τ)`` exactly at step 0.
 
@@ -117,23 +138,50 @@ class FMLMDistillation(nn.Module):
         tau_t = torch.cat([diag, ones, (off_s + tau_d).clamp(max=1.0)])
         return tau_s, tau_t
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> LossOutput:
-        """Distillation loss on clean tokens ``x`` ``(B, L)`` with fresh times and shared noise."""
-        tau_s, tau_t = self.draw_times(x.shape[0], generator, x.device)
+    def slice_times(self, batch: BatchSlice, n: int, device: torch.device) -> tuple[Tensor, Tensor, int]:
+        """This slice's ``(τ_s, τ_t)`` ``(n,)`` each and its number of diagonal rows.
+
+        The split and the times are drawn for the whole global batch (:meth:`draw_times`). The global
+        rows are dealt to slices evenly by kind (:func:`interleaved_rows`, which depends on the sizes
+        only, so no count needs a device read), and a slice keeps the order diagonal / boundary /
+        off-diagonal. The union of the slices is the global draw, however it is cut.
+        """
+        tau_s, tau_t = self.draw_times(batch.size, batch.generator, device)
+        sizes = split_sizes(batch.size, self.diag_fraction, self.boundary_fraction)
+        rows = np.sort(interleaved_rows(sizes)[batch.rows(n)])
+        if len(rows) == batch.size:
+            return tau_s, tau_t, sizes[0]
+        index = torch.from_numpy(rows).to(device, non_blocking=True)
+        return tau_s[index], tau_t[index], int((rows < sizes[0]).sum())
+
+    def forward(
+        self, x: Tensor, generator: torch.Generator | None = None, batch: BatchSlice | None = None
+    ) -> LossOutput:
+        """Distillation loss on clean tokens ``x`` ``(B, L)`` with fresh times and shared noise.
+
+        ``batch``: which rows of the global batch ``x`` is (:meth:`slice_times`); ``None`` is the
+        whole batch, times and noise both from ``generator``.
+        """
+        batch = batch or BatchSlice.local(x.shape[0], generator)
+        tau_s, tau_t, n_diag = self.slice_times(batch, x.shape[0], x.device)
         e_t, e_s = self.teacher.embedding, self.student.embedding
         joint = sample_projected_noise(noise_factor(torch.cat([e_t, e_s], dim=1)), tuple(x.shape), generator)
         noise_t, noise_s = joint.split([e_t.shape[1], e_s.shape[1]], dim=-1)
-        return self.loss(x, tau_s, tau_t, noise_t, noise_s)
+        return self.loss(x, tau_s, tau_t, noise_t, noise_s, n_diag)
 
-    def loss(self, x: Tensor, tau_s: Tensor, tau_t: Tensor, noise_t: Tensor, noise_s: Tensor) -> LossOutput:
+    def loss(
+        self, x: Tensor, tau_s: Tensor, tau_t: Tensor, noise_t: Tensor, noise_s: Tensor, n_diag: int | None = None
+    ) -> LossOutput:
         """Loss for given times and the two projections of one noise draw.
 
         Args:
             x: ``(B, L)`` clean tokens, rows ordered as :meth:`draw_times` orders them.
             tau_s, tau_t: ``(B,)`` model times.
             noise_t, noise_s: ``(B, L, d_T)``, ``(B, L, d_S)``: ``εE_T`` and ``εE_S`` (or their ``ξF`` law).
+            n_diag: diagonal rows (the first ones); ``None``: the fixed split of a ``B``-row batch.
         """
-        n_diag = split_sizes(x.shape[0], self.diag_fraction, self.boundary_fraction)[0]
+        if n_diag is None:
+            n_diag = split_sizes(x.shape[0], self.diag_fraction, self.boundary_fraction)[0]
         gamma_s = self.schedule.gamma(tau_s)
         h_s = projected_state(x, gamma_s, noise_s, self.student.embedding)
         if self.ce_chunk:
@@ -141,12 +189,13 @@ class FMLMDistillation(nn.Module):
         else:
             logits = self.student(h_s, tau_s, tau_t)
             with torch.no_grad():
-                target = torch.cat([
-                    self._teacher_target(x[:n_diag], gamma_s[:n_diag], tau_s[:n_diag], noise_t[:n_diag]),
-                    self._semigroup_target(h_s[n_diag:], tau_s[n_diag:], tau_t[n_diag:]),
-                ])
-            ce = soft_cross_entropy(logits, target)
-        parts = {"ce_diag": ce[:n_diag], "ce_off": ce[n_diag:]}
+                t_diag = self._teacher_target(x[:n_diag], gamma_s[:n_diag], tau_s[:n_diag], noise_t[:n_diag])
+                t_off = self.off.target(
+                    self.denoise, ProjectedSpace(self.student.embedding), self.schedule,
+                    h_s[n_diag:], tau_s[n_diag:], tau_t[n_diag:],
+                )
+            ce = torch.cat([soft_cross_entropy(logits[:n_diag], t_diag), self.off.loss(logits[n_diag:], t_off)])
+        parts = {"ce_diag": ce[:n_diag], self.off.metric: ce[n_diag:]}
         metrics = {name: part.detach().mean() for name, part in parts.items() if part.numel()}
         return LossOutput(ce.mean(), metrics)
 
@@ -154,23 +203,14 @@ class FMLMDistillation(nn.Module):
         h_t = projected_state(x, gamma, noise_t, self.teacher.embedding)
         return at_least_float32(self.teacher(h_t, tau)).softmax(-1)
 
-    def _semigroup_target(self, h_s: Tensor, tau_s: Tensor, tau_t: Tensor) -> Tensor:
-        """``δ̄ = λ D_su + (1-λ) D_ut`` with ``D_ut`` evaluated at ``X_{s,u}(z_s)`` (MATH.md §2)."""
-        tau_u = 0.5 * (tau_s + tau_t)
-        s, u, t = self.schedule.gamma(tau_s), self.schedule.gamma(tau_u), self.schedule.gamma(tau_t)
-        d_su = self.denoise(h_s, tau_s, tau_u)
-        h_u = flow_map(h_s, ProjectedSpace(self.student.embedding).lift(d_su), s, u)
-        d_ut = self.denoise(h_u, tau_u, tau_t)
-        return semigroup_target(d_su, d_ut, semigroup_weight(s, u, t))
-
     def _chunked_ce(
         self, x: Tensor, h_s: Tensor, gamma_s: Tensor, tau_s: Tensor, tau_t: Tensor, noise_t: Tensor, n_diag: int
     ) -> Tensor:
         """The per-token loss ``(B, L)`` of :meth:`loss` with ``V``-wide tensors ``ce_chunk`` tokens at a time.
 
-        The networks run to their ``d``-wide features; every head (and the midpoint's lift
-        ``δ_{s,u} E``) runs chunk by chunk: diagonal rows against ``softmax(head_T(f_T))``,
-        off-diagonal rows against ``λ softmax(head_S(f_su)) + (1-λ) softmax(head_S(f_ut))``.
+        The networks run to their ``d``-wide features; every head (and every lift ``δE``) runs
+        chunk by chunk: diagonal rows against ``softmax(head_T(f_T))``, off-diagonal rows by the
+        method's chunked path (:class:`~flm.objectives.off_diagonal.OffDiagonal`).
         """
         student, chunk = self.student, self.ce_chunk
         feats = student.features(h_s, tau_s, tau_t)
@@ -178,25 +218,11 @@ class FMLMDistillation(nn.Module):
         with torch.no_grad():
             h_t = projected_state(x[:n_diag], gamma_s[:n_diag], noise_t[:n_diag], self.teacher.embedding)
             f_t = self.teacher.features(h_t, tau_s[:n_diag])
-            h_s_off, ts, tt = h_s[n_diag:], tau_s[n_diag:], tau_t[n_diag:]
-            tu = 0.5 * (ts + tt)
-            s, u, t = self.schedule.gamma(ts), self.schedule.gamma(tu), self.schedule.gamma(tt)
-            f_su = student.features(h_s_off, ts, tu)
-            h_u = flow_map(h_s_off, self._chunked_lift(f_su), s, u)
-            f_ut = student.features(h_u, tu, tt)
-            lam = semigroup_weight(s, u, t).to(feats.dtype)
         diag = chunked_soft_cross_entropy(feats[:n_diag], student.head, [(f_t, self.teacher.head, ones)], chunk)
-        off = chunked_soft_cross_entropy(
-            feats[n_diag:], student.head, [(f_su, student.head, lam), (f_ut, student.head, 1 - lam)], chunk
+        off = self.off.chunked(
+            student, self.schedule, feats[n_diag:], h_s[n_diag:], tau_s[n_diag:], tau_t[n_diag:], chunk
         )
         return torch.cat([diag, off])
-
-    def _chunked_lift(self, features: Tensor) -> Tensor:
-        """``softmax(head_S(f)) E_S`` ``(B, L, d)`` from features ``(B, L, d)``, ``ce_chunk`` tokens at a time."""
-        lift = ProjectedSpace(self.student.embedding).lift
-        flat = features.flatten(0, 1)
-        parts = [lift(at_least_float32(self.student.head(f)).softmax(-1)) for f in flat.split(self.ce_chunk)]
-        return torch.cat(parts).view_as(features)
 
     # ---------------------------------------------------------------- sampling
     def denoise(self, h: Tensor, tau_s: Tensor, tau_t: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flm.flow import mask_tokens, masked_sample, nelbo_weight, training_times
+from flm.flow import BatchSlice, mask_tokens, masked_sample, nelbo_weight, training_times
 from flm.model import DiT
 from flm.objectives.common import LossOutput, at_least_float32, chunked_token_cross_entropy, token_cross_entropy
 
@@ -46,9 +46,16 @@ class MDLMObjective(nn.Module):
         return self.vocab_size
 
     # ---------------------------------------------------------------- training
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> LossOutput:
-        """NELBO per token of clean ``x`` ``(B, L)`` with fresh stratified times and masks."""
-        t = training_times(x.shape[0], self.eps, generator, x.device)
+    def forward(
+        self, x: Tensor, generator: torch.Generator | None = None, batch: BatchSlice | None = None
+    ) -> LossOutput:
+        """NELBO per token of clean ``x`` ``(B, L)`` with fresh stratified times and masks.
+
+        ``batch``: which rows of the global batch ``x`` is (times drawn for the whole global batch,
+        masks from ``generator``); ``None`` is the whole batch.
+        """
+        batch = batch or BatchSlice.local(x.shape[0], generator)
+        t = training_times(batch.size, self.eps, batch.generator, x.device)[batch.rows(x.shape[0])]
         z_t, masked = mask_tokens(x, t, self.mask_id, generator)
         return self.loss(x, z_t, masked, t)
 

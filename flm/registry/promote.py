@@ -8,7 +8,8 @@ Two rules (``metric``):
   refused when it was never evaluated, when it was evaluated at another NFE than ``nfe``, or when
   its mean sample entropy is below ``entropy_floor`` x the held-out text's entropy (degenerate,
   repetitive text can have a low Gen PPL). A champion evaluated under another protocol (judge, NFE,
-  variant), or not at all, cannot be compared: a candidate that passes the floor then replaces it.
+  variant, Gen PPL protocol), or not at all, cannot be compared: a candidate that passes the floor
+  then replaces it.
 * ``val_loss`` (or any other run metric): the metric of the run that logged each version; lower
   (``lower_is_better``) or higher is better; no floor.
 
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "ALIAS", "ENTROPY", "GEN_PPL", "JUDGE", "PROMOTE_NFE", "REFERENCE_ENTROPY", "VARIANT", "Decision", "check_request",
-    "promote",
+    "ALIAS", "ENTROPY", "GEN_PPL", "GEN_PPL_PROTOCOL", "JUDGE", "PROMOTE_NFE", "REFERENCE_ENTROPY", "VARIANT",
+    "Decision", "check_request", "promote",
 ]
 
 ALIAS = "champion"
@@ -35,7 +36,9 @@ REFERENCE_ENTROPY = "eval.reference_entropy"
 """Version tag: mean entropy of held-out text in the same evaluation."""
 JUDGE, PROMOTE_NFE, VARIANT = "eval.judge", "eval.promote_nfe", "eval.variant"
 """Version tags that make two evaluations comparable: the judge, the stated NFE, the sampler variant."""
-PROTOCOL = (JUDGE, PROMOTE_NFE, VARIANT)
+GEN_PPL_PROTOCOL = "eval.protocol"
+"""Version tag: how samples became judged text (``eval.protocol``: ``document`` or ``reference``)."""
+PROTOCOL = (JUDGE, PROMOTE_NFE, VARIANT, GEN_PPL_PROTOCOL)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ NLL per token under the source and by their mean per-sample token-histogram entr
 the source's own entropy per token and the data's histogram entropy. All step counts are fixed
 (never wall-clock), so a loaded machine cannot change the result.
 
-Run: ``python -m flm.toy.demo [--quick] [--json PATH]``.
+Run: ``python -m flm.toy.demo [--quick] [--json PATH] [--distill-method M [M ...]]``; several
+distillation methods (MATH.md §2: semigroup, lagrangian, eulerian) are distilled from the same
+teacher with the same steps, data, times and noise, and reported side by side.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from flm.flow import TimeSchedule, flm_sample, uniform_grid
 from flm.model import DiT, DiTConfig
 from flm.objectives import FLMObjective, FMLMDistillation
+from flm.objectives.off_diagonal import METHODS
 from flm.toy.markov import MarkovSource, histogram_entropy
 from flm.train import OptimSettings, fit
 
@@ -52,6 +55,7 @@ class DemoSettings:
     flm_nfe: tuple[int, ...] = (1, 2, 4, 8, 16, 128)
     fmlm_nfe: tuple[int, ...] = (1, 2, 4, 8)
     renoise: float = 0.8
+    distill_methods: tuple[str, ...] = ("semigroup",)
 
 
 @dataclass(frozen=True)
@@ -126,17 +130,24 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
     loss = heldout_loss(teacher, heldout, s.seed + 5)
     evaluate("FLM", teacher.sample, s.flm_nfe, s.seed + 11)
 
-    fmlm = FMLMDistillation.from_teacher(ema.module)
-    student_ema, fmlm_hist = fit(
-        fmlm, batches, s.fmlm_steps, fmlm_opt, torch.Generator().manual_seed(s.seed + 6),
-        ema_of=fmlm.student, progress=progress, desc="FMLM",
-    )
-    fmlm.student.load_state_dict(student_ema.module.state_dict())
-    fmlm.eval()
-    evaluate("FMLM", fmlm.sample, s.fmlm_nfe, s.seed + 12)
-    if s.renoise > 0:
-        renoised = partial(fmlm.sample, g=s.renoise)
-        evaluate(f"FMLM g={s.renoise}", renoised, tuple(n for n in s.fmlm_nfe if n > 1), s.seed + 12)
+    rng = torch.get_rng_state()  # every method starts from the same student initialization
+    by_method = {}
+    for method in s.distill_methods:
+        torch.set_rng_state(rng)
+        name = "FMLM" if method == "semigroup" else f"FMLM {method}"
+        fmlm = FMLMDistillation.from_teacher(ema.module, method=method)
+        (student_ema, fmlm_hist), seconds = _timed(lambda fmlm=fmlm, name=name: fit(
+            fmlm, batches, s.fmlm_steps, fmlm_opt, torch.Generator().manual_seed(s.seed + 6),
+            ema_of=fmlm.student, progress=progress, desc=name,
+        ))
+        fmlm.student.load_state_dict(student_ema.module.state_dict())
+        fmlm.eval()
+        evaluate(name, fmlm.sample, s.fmlm_nfe, s.seed + 12)
+        if s.renoise > 0:
+            renoised = partial(fmlm.sample, g=s.renoise)
+            evaluate(f"{name} g={s.renoise}", renoised, tuple(n for n in s.fmlm_nfe if n > 1), s.seed + 12)
+        last = fmlm_hist[-200:]
+        by_method[method] = {"final_train_loss": sum(h["loss"] for h in last) / len(last), "train_seconds": seconds}
     return {
         "settings": asdict(s),
         "entropy_per_token": src.entropy_per_token(s.length),
@@ -145,7 +156,8 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
         "bayes_floor_se": floor_se,
         "flm_heldout_loss": loss,
         "flm_final_train_loss": sum(h["nll"] for h in flm_hist[-200:]) / min(200, len(flm_hist)),
-        "fmlm_final_train_loss": sum(h["loss"] for h in fmlm_hist[-200:]) / min(200, len(fmlm_hist)),
+        "fmlm_final_train_loss": by_method[s.distill_methods[0]]["final_train_loss"],
+        "fmlm_methods": by_method,
         "rows": [asdict(r) for r in rows],
     }
 
@@ -158,6 +170,9 @@ def format_table(result: dict) -> str:
         f"FLM loss floor {result['bayes_floor']:.4f} ± {result['bayes_floor_se']:.4f}; "
         f"FLM held-out loss {result['flm_heldout_loss']:.4f} "
         f"({100 * (result['flm_heldout_loss'] / result['bayes_floor'] - 1):+.1f} % over the floor)",
+        "",
+        *(f"FMLM {m}: final train loss {r['final_train_loss']:.4f}, {r['train_seconds']:.0f} s of distillation"
+          for m, r in result.get("fmlm_methods", {}).items()),
         "",
         "| model | NFE | NLL/token | vs source | entropy | sampling s |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -175,12 +190,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="10x fewer training steps (a smoke run)")
     parser.add_argument("--json", type=Path, default=Path(".state/demo/result.json"), help="where to write the result")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--distill-method", nargs="+", choices=sorted(METHODS), default=["semigroup"],
+        help="FMLM distillation method(s), each from the same teacher with the same steps (MATH.md §2)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = DemoSettings()
+    settings = DemoSettings(distill_methods=tuple(args.distill_method))
     if args.quick:
-        settings = DemoSettings(
+        settings = replace(
+            settings,
             flm_steps=600, fmlm_steps=330,
             flm=OptimSettings(lr=2e-3, warmup_steps=50, ema_decay=0.99),
             fmlm=OptimSettings(lr=3e-4, beta2=0.95, ema_decay=0.99),

@@ -63,9 +63,13 @@ class BatchPlan:
             out[mask] = self._epoch(int(epoch))[offsets[mask]]
         return out
 
+    def offset(self, micro: int) -> int:
+        """First row of this worker's micro-batch ``micro`` in the global batch."""
+        return self.rank * self.per_rank + micro * self.micro
+
     def micro_batch(self, step: int, micro: int) -> np.ndarray:
         """``(B / (world_size * grad_accum),)`` indices this worker reads for micro-batch ``micro``."""
-        start = self.rank * self.per_rank + micro * self.micro
+        start = self.offset(micro)
         return self.global_batch(step)[start : start + self.micro]
 
 

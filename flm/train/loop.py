@@ -1,7 +1,7 @@
 """The training loop: one flat function that reads top to bottom (plain PyTorch).
 
 Used for both FLM pretraining and FMLM distillation: the *objective* (a module whose forward
-``(x, generator) -> LossOutput`` gives the loss) and the name of its trained backbone are all
+``(x, generator, batch) -> LossOutput`` gives the loss) and the name of its trained backbone are all
 that differ. AdamW, warmup then constant or cosine, gradient clipping, EMA, gradient
 accumulation, bf16 autocast on CUDA, optional ``torch.compile``, periodic validation and sample
 snapshots with the EMA weights, atomic checkpoints, exact resume.
@@ -9,9 +9,12 @@ snapshots with the EMA weights, atomic checkpoints, exact resume.
 Determinism: the blocks of every step come from ``(seed, step)`` (:class:`BatchPlan`), and the
 objective's generator is re-seeded from ``(seed, rank, step, micro)`` before each micro-batch,
 so a resumed run, and every worker of a data-parallel run, draws exactly what an uninterrupted
-run would. Several workers: the caller initializes ``torch.distributed`` and passes ``rank`` /
-``world_size``; the objective is then wrapped in ``DistributedDataParallel``. Only rank 0
-validates, samples, checkpoints and talks to the tracker.
+run would. The training times (and FMLM's diagonal / off-diagonal split) are drawn for the whole
+global batch from a generator seeded by ``(seed, step)`` alone, the same on every worker, and each
+micro-batch takes its rows (:class:`~flm.flow.BatchSlice`): 1, 2 or 4 workers, with or without
+accumulation, train on the same set of times. Several workers: the caller initializes
+``torch.distributed`` and passes ``rank`` / ``world_size``; the objective is then wrapped in
+``DistributedDataParallel``. Only rank 0 validates, samples, checkpoints and talks to the tracker.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from tqdm.auto import tqdm
 
 from flm.config import LoopParams
 from flm.data.blocks import TokenBlocks
+from flm.flow import BatchSlice
+from flm.model import compile_networks
 from flm.tracking import NullTracker, Tracker
 from flm.train.batches import BatchPlan, load_blocks, val_indices
 from flm.train.checkpoint import latest_checkpoint, read_meta, restore_checkpoint, save_checkpoint
@@ -54,6 +59,10 @@ class LoopResult:
     """Last snapshot: NFE -> decoded samples (token ids joined by spaces without a decoder)."""
     resumed_from: int | None = None
     seconds: float = 0.0
+
+
+_GLOBAL_TIMES = 1 << 22
+"""Seed part of the global batch's times generator (distinct from ranks, validation, samples)."""
 
 
 def _seed(*parts: int) -> int:
@@ -135,6 +144,7 @@ def train_loop(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     ema = EMA(backbone, s.ema_decay)
     generator = torch.Generator(device)
+    times_generator = torch.Generator(device)
     use_bf16 = s.bf16 and device.type == "cuda"
 
     def autocast() -> Any:
@@ -150,8 +160,9 @@ def train_loop(
         result.step = result.resumed_from = restore_checkpoint(checkpoint, objective, ema, optimizer, generator)
         result.checkpoint = checkpoint
 
+    backbone.check_attention(device, torch.bfloat16 if use_bf16 else backbone.embedding.dtype)
     if s.compile:
-        backbone.compile()
+        compile_networks(objective)
     model: nn.Module = objective
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(objective, broadcast_buffers=False)
@@ -191,10 +202,12 @@ def train_loop(
         for micro in range(s.grad_accum):
             x = load_blocks(train_blocks, plan.micro_batch(step, micro), device)
             generator.manual_seed(_seed(s.seed, rank, step, micro))
+            times_generator.manual_seed(_seed(s.seed, _GLOBAL_TIMES, step))
+            rows = BatchSlice(plan.batch_size, plan.offset(micro), times_generator)
             last = micro == s.grad_accum - 1
             with model.no_sync() if world_size > 1 and not last else nullcontext():
                 with autocast():
-                    out = model(x, generator)
+                    out = model(x, generator, rows)
                 (out.loss / s.grad_accum).backward()
             for name, value in {"loss": out.loss, **out.metrics}.items():
                 window[name] = window.get(name, 0.0) + value.detach().float() / s.grad_accum

@@ -47,7 +47,7 @@ def test_repo_params_paper_profiles() -> None:
     assert (src.path, src.train_split, src.val_split, src.detokenize) == ("dvruette/lm1b", "train", "test", "lm1b")
 
     owt = load_params(REPO / "params.yaml", profile="owt").data
-    assert owt.tokenizer == HFTokenizer(name="gpt2")
+    assert owt.tokenizer == HFTokenizer(name="gpt2", add_pad=True)
     assert owt.packing.seq_len == 1024
     src = owt.source.resolved()
     assert (src.path, src.val_last_n, src.val_split) == ("Skylion007/openwebtext", 100_000, None)

@@ -125,6 +125,18 @@ def test_hf_local_stand_in_for_gpt2(gpt2: TextTokenizer, tmp_path: Path) -> None
     assert tok.encode_batch(["Hello world"]) == [[15496, 995]]
 
 
+def test_hf_added_pad_is_the_last_id_as_in_the_reference_gpt2(gpt2: TextTokenizer, tmp_path: Path) -> None:
+    """The paper's OWT tokenizer is GPT-2 plus an added [PAD]: V = 50,258, saved and reloaded."""
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "tokenizer.json").write_text(gpt2.tokenizer.to_str(), encoding="utf-8")
+    tok = build_tokenizer(HFTokenizer(name=str(tmp_path / "gpt2"), add_pad=True))
+    assert (tok.vocab_size, tok.info.eos_id, tok.info.pad_id) == (50258, 50256, 50257)
+    assert tok.encode_batch(["Hello world [PAD]"])[0][:2] == [15496, 995]  # text never makes the pad id
+    assert 50257 not in tok.encode_batch(["Hello world [PAD]"])[0]
+    tok.save(tmp_path / "saved")
+    assert load_tokenizer(tmp_path / "saved").info == tok.info
+
+
 def bert_like(folder: Path, truncate: int | None = None, config: dict | None = None) -> Path:
     """A small uncased WordPiece tokenizer with BERT's special tokens, saved like a Hub repo."""
     words = ["the", "a", "of", "to", "and", "in", "is", "was", "he", "she", "it", "said"]

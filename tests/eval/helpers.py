@@ -56,3 +56,31 @@ def tiny_model(folder: Path, kind: str, vocab: int, seq_len: int = 16, seed: int
                             torch.optim.AdamW(holder.parameters()), torch.Generator(), meta, keep_last=1)
     saved.rename(folder)
     return folder
+
+
+LM1B_WORDS = "the company said profits rose sharply . shares fell in early trading , analysts were surprised"
+
+
+def bert_like_tokenizer(folder: Path) -> Path:
+    """A BERT-style WordPiece tokenizer (``[CLS]`` = BOS, ``[SEP]`` = EOS, lower-casing, the WordPiece decoder
+    with its clean-up) over :data:`LM1B_WORDS`, built as the ``hf`` kind from a local ``tokenizer.json``:
+    LM1B's tokenizer in miniature (no BERT vocabulary ships offline). Returns the data tokenizer's directory."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    from flm.config import HFTokenizer
+    from flm.data.tokenizer import build_tokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys([*specials, *LM1B_WORDS.split()]))}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tokenizer.add_special_tokens(specials)
+    source = folder / "bert-like"
+    source.mkdir(parents=True)
+    tokenizer.save(str(source / "tokenizer.json"))
+    names = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]"}
+    (source / "special_tokens_map.json").write_text(json.dumps(names), encoding="utf-8")
+    build_tokenizer(HFTokenizer(name=str(source))).save(folder / "tokenizer")
+    return folder / "tokenizer"

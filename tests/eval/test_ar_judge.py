@@ -45,6 +45,27 @@ def test_nll_equals_the_hand_computation(project: Path) -> None:
     assert count[0] == 16 and count[1] < 16  # the first text is cut at n_ctx, the second keeps its EOS
 
 
+def test_reference_protocol_equals_the_hand_computation(project: Path) -> None:
+    """``reference`` with ``L = 16``: the first 16 data tokens, no start token (the first token is context),
+    one EOS after a text shorter than ``L``, every non-EOS token plus the first EOS counted."""
+    texts = ["The minister said on Tuesday that the plan would go ahead.", "Shares fell sharply."]
+    judge = load_judge(f"ar:{project / 'models' / 'ar'}", tokenizer_dir=project / "data" / "tokenizer")
+    nll, count = judge.nll(texts, "reference", max_length=16)
+
+    tokenizer = load_tokenizer(project / "data" / "tokenizer")
+    model = ARObjective(load_backbone(project / "models" / "ar")).eval()
+    for i, text in enumerate(texts):
+        ids = tokenizer.encode_batch([text])[0]
+        row = torch.tensor([ids[:16] + ([tokenizer.info.eos_id] if len(ids) < 16 else [])])
+        with torch.no_grad():
+            logp = model.logits(model.backbone.embed_ids(row[:, :-1])).double().log_softmax(-1)
+        expected = -logp[0].gather(-1, row[0, 1:, None]).sum().item()
+        assert count[i] == row.shape[1] - 1
+        assert nll[i] == pytest.approx(expected, rel=1e-5)
+    assert count[0] == 15 and count[1] < 15  # the first text is cut at L (15 scored), the second ends with EOS
+    assert judge.nll(texts)[1].tolist() == [16, count[1] + 1]  # the document protocol also scores the first token
+
+
 def test_errors_name_the_judge_and_the_problem(project: Path) -> None:
     tokenizer = project / "data" / "tokenizer"
     with pytest.raises(JudgeError, match="holds a flm model, not an AR model"):

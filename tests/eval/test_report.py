@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from flm.eval.headline import mark_degenerate
+from flm.eval.judge import PROTOCOLS
 from flm.eval.report import DEGENERATE, ENTROPY_COLUMNS, NFE_COLUMNS, _plot_entropy, _plot_nfe, write_report
 
 
@@ -146,3 +147,16 @@ def test_degenerate_rows_are_flagged_in_files_and_drawn_apart(tmp_path: Path, mo
         assert len(marks) == 1 and marks[0].get_marker() == "x" and marks[0].get_color() == "red"
         bad = rows[-1]
         assert list(marks[0].get_xdata()) == [bad[x]] and list(marks[0].get_ydata()) == [bad[y]]
+
+
+@pytest.mark.parametrize("protocol", ["reference", "document"])
+def test_the_report_names_its_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, protocol: str) -> None:
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    rows, reference = _claim_rows()
+    paths = write_report(rows, tmp_path / "with", reference, judge="smollm2", protocol=protocol)
+    assert json.loads(paths["metrics.json"].read_text())["protocol"] == protocol
+    assert json.loads(paths["rows.json"].read_text())["protocol"] == protocol
+    lead = paths["report.md"].read_text().split("## Every row")[0]
+    assert f"Judge smollm2; protocol `{protocol}` ({PROTOCOLS[protocol]}); 16 samples per row" in lead
+    alone = write_report(rows[:1], tmp_path / "alone", protocol=protocol)["report.md"].read_text()
+    assert f"Gen PPL protocol: `{protocol}`" in alone

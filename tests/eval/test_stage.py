@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flm.config import EvalParams
-from flm.eval.stage import evaluate_models, metric_key, separator_decoder, version_tags
+from flm.eval.stage import evaluate_models, metric_key, separator_decoder, version_tags, whole_decoder
 from flm.registry import promote as tags
 
 from .conftest import LoadedJudge, one_thread
@@ -65,7 +66,7 @@ def test_every_model_nfe_and_variant_has_a_row_and_the_files(first) -> None:
         ["metrics.json", "rows.json", "gen_ppl_vs_nfe.csv", "gen_ppl_vs_entropy.csv", "report.md",
          "nll_per_byte_vs_nfe.png", "gen_ppl_vs_nfe.png", "gen_ppl_vs_entropy.png"])
     metrics = json.loads(first.files["metrics.json"].read_text())
-    assert set(metrics) == {"reference", "flm", "fmlm", "mdlm", "ar"}
+    assert set(metrics) == {"protocol", "reference", "flm", "fmlm", "mdlm", "ar"} and metrics["protocol"] == "document"
     assert set(metrics["fmlm"]) == {"flow_map", "flow_map renoise=0.8"} and set(metrics["flm"]["euler"]) == {
         "nfe=1", "nfe=2", "nfe=4"}
     assert len(first.files["gen_ppl_vs_nfe.csv"].read_text().splitlines()) == 1 + 11
@@ -110,9 +111,38 @@ def test_version_tags_and_metric_keys(first) -> None:
     assert float(fmlm[tags.GEN_PPL]) == row["gen_ppl"] and float(fmlm[tags.ENTROPY]) == row["entropy"]
     assert float(fmlm[tags.REFERENCE_ENTROPY]) == first.reference["entropy"]
     assert (fmlm[tags.JUDGE], fmlm[tags.PROMOTE_NFE], fmlm[tags.VARIANT]) == ("smollm2", "2", "flow_map")
+    assert fmlm[tags.GEN_PPL_PROTOCOL] == "document"
     ar = version_tags("ar", first.rows, first.reference, PARAMS, "smollm2")
     assert ar["eval.nfe"] == "16" and ar[tags.PROMOTE_NFE] == "2"
     renoised = next(r for r in first.rows if r["options"])
     assert metric_key("gen_ppl", renoised) == "gen_ppl/fmlm_renoise/nfe_1"
     assert metric_key("entropy", first.rows[0]) == "entropy/flm/nfe_1"
     assert metric_key("gen_ppl", first.reference) == "gen_ppl/data"
+
+
+def test_the_reference_protocol_scores_whole_blocks_and_names_itself(project: Path) -> None:
+    """``eval.protocol: reference`` with the AR judge (the data tokenizer: 16 tokens per block): blocks decoded
+    whole (separators as text), their first L = 16 tokens scored with no BOS (15 per block); the report,
+    metrics.json and the version tags name the protocol."""
+    from flm.data.blocks import TokenBlocks
+    from flm.eval.judge import load_judge
+
+    params = EvalParams(models=("flm",), protocol="reference", n_samples=3, batch_size=3, n_boot=10, max_nfe=1,
+                        fmlm_nfe=(1,), promote_nfe=1, n_show=3, seed=19)  # seed 19 picks a block with a separator
+    tokenizer = project / "data" / "tokenizer"
+    judge = load_judge(f"ar:{project / 'models' / 'ar'}", tokenizer_dir=tokenizer)
+    data = project / "data"
+    result = evaluate_models(params, {"flm": project / "models" / "flm"}, data / "tokens", tokenizer,
+                             project / "reference-protocol", judge)
+    blocks = TokenBlocks(project / "data" / "tokens", "val")
+    picks = np.sort(np.random.default_rng(params.seed).choice(len(blocks), size=3, replace=False))
+    texts = [whole_decoder(tokenizer)([int(t) for t in blocks[int(i)]]) for i in picks]
+    assert result.reference["samples"] == texts
+    assert sum("<|endoftext|>" in text for text in texts) == 1  # the separator stays in the text, and is scored
+    nll, count, n_bytes = judge.score(texts, "reference", max_length=16)
+    assert count.tolist() == [15, 15, 15] and result.rows[0]["n_tokens"] == 3 * 15
+    assert (result.reference["n_tokens"], result.reference["n_bytes"]) == (count.sum(), n_bytes.sum())
+    assert result.reference["gen_ppl"] == pytest.approx(np.exp(nll.sum() / count.sum()), rel=1e-12)
+    assert json.loads(result.files["metrics.json"].read_text())["protocol"] == "reference"
+    assert "protocol reference" in result.files["report.md"].read_text().splitlines()[0]
+    assert version_tags("flm", result.rows, result.reference, params, "smollm2")[tags.GEN_PPL_PROTOCOL] == "reference"

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from flm.config import ModelParams
+from flm.flow import BatchSlice
 from flm.model import DiT
 from flm.objectives import FLMObjective
 from flm.objectives.common import LossOutput
@@ -23,7 +24,9 @@ def tiny_flm(vocab_size: int, seed: int = 0, **changes: object) -> FLMObjective:
 class RowSeeded(FLMObjective):
     """FLM loss whose times and noise depend only on each row's tokens, not on the batch it sits in."""
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> LossOutput:
+    def forward(
+        self, x: Tensor, generator: torch.Generator | None = None, batch: BatchSlice | None = None
+    ) -> LossOutput:
         seeds = (x.long() * torch.arange(1, x.shape[1] + 1)).sum(1) % 100_003
         tau = (seeds.double() / 100_003).float()
         d = self.backbone.config.d_model

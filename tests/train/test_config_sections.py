@@ -43,10 +43,10 @@ def test_defaults_follow_the_paper_where_it_is_explicit() -> None:
 def test_the_project_params_file_and_its_profiles() -> None:
     laptop = load_params(REPO / "params.yaml", "laptop")
     assert laptop.train.batch_size % laptop.train.grad_accum == 0 and laptop.distill.beta2 == 0.95
-    for name, batch in (("lm1b", 512), ("owt", 128)):
+    for name, distill_batch in (("lm1b", 512), ("owt", 128)):  # every value: tests/test_paper_profiles.py
         paper = load_params(REPO / "params.yaml", name)
         assert (paper.model.d_model, paper.model.n_layers, paper.model.n_heads) == (768, 12, 12)
-        assert (paper.train.batch_size, paper.distill.batch_size) == (batch, batch)
+        assert (paper.train.batch_size, paper.distill.batch_size) == (512, distill_batch)
         assert (paper.train.lr, paper.distill.lr, paper.distill.beta2) == (3e-4, 3e-4, 0.95)
         assert paper.train.beta2 == 0.999
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
