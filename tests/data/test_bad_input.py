@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -84,12 +88,34 @@ def test_unreadable_file(tmp_path: Path) -> None:
     fails_cleanly(FilesSource(paths=(str(path),)), tmp_path / "c", f"cannot read {path}: Input/output error")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_file_without_read_permission(tmp_path: Path) -> None:
-    path = tmp_path / "secret.txt"
-    path.write_text("hidden")
-    path.chmod(0)
-    fails_cleanly(FilesSource(paths=(str(path),)), tmp_path / "c", f"cannot read {path}: Permission denied")
+@contextmanager
+def without_root() -> Iterator[None]:
+    """Run the body as ``nobody`` (effective ids) when this process is root, so file modes apply; restored after."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_file_without_read_permission() -> None:
+    """Mode 0 refuses reading with EACCES; root reads whatever the mode, so as root the build runs as ``nobody``
+    (in a folder anyone may enter and write, outside pytest's owner-only temporary folders)."""
+    folder = Path(tempfile.mkdtemp(prefix="flm-mode-"))
+    try:
+        folder.chmod(0o777)
+        path = folder / "secret.txt"
+        path.write_text("hidden")
+        path.chmod(0)
+        with without_root():
+            fails_cleanly(FilesSource(paths=(str(path),)), folder / "c", f"cannot read {path}: Permission denied")
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_corrupt_parquet(tmp_path: Path) -> None:

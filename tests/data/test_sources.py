@@ -59,7 +59,8 @@ def test_val_score_is_uniform_and_content_only() -> None:
     scores = [val_score(f"document number {i}") for i in range(4000)]
     assert all(0.0 <= s < 1.0 for s in scores)
     assert abs(sum(scores) / len(scores) - 0.5) < 0.02
-    assert val_score("same text") == val_score("same text")
+    # the BLAKE2b-64 digest 6744541113ccf498 of b"same text" (hashlib, outside the project): no salt, no process state
+    assert val_score("same text") == 0x6744541113CCF498 / 2.0**64
 
 
 # ----------------------------------------------------------------------------- files

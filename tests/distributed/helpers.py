@@ -30,3 +30,29 @@ class FailOnce:
 
     def __call__(self, rank: int) -> Any:
         return FailOnceTracker(self.marker, self.fail_at) if rank == 0 else NullTracker()
+
+
+class FailEveryAttemptTracker(NullTracker):
+    """Appends a line to ``attempts`` when created (one per attempt of rank 0); raises at step ``fail_at`` while
+    at most ``limit`` attempts have been made (so a run that retried without end would finish instead of hang)."""
+
+    def __init__(self, attempts: str, fail_at: int, limit: int) -> None:
+        self.fail_at = fail_at
+        with Path(attempts).open("a", encoding="utf-8") as log:
+            log.write("attempt\n")
+        self.failing = len(Path(attempts).read_text(encoding="utf-8").splitlines()) <= limit
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Fail at ``fail_at`` within the first ``limit`` attempts."""
+        if step == self.fail_at and self.failing:
+            raise RuntimeError(f"injected failure at step {step}")
+
+
+class FailEveryAttempt:
+    """``rank -> tracker``: rank 0 counts its attempts in ``attempts``, failing the first ``limit`` at ``fail_at``."""
+
+    def __init__(self, attempts: str, fail_at: int, limit: int = 3) -> None:
+        self.attempts, self.fail_at, self.limit = attempts, fail_at, limit
+
+    def __call__(self, rank: int) -> Any:
+        return FailEveryAttemptTracker(self.attempts, self.fail_at, self.limit) if rank == 0 else NullTracker()

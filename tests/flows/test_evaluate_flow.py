@@ -39,7 +39,8 @@ def test_evaluate_flow_writes_outputs_run_and_version_tags(evaluated: dict, trai
                  "gen_ppl_vs_nfe.png", "gen_ppl_vs_entropy.png"):
         assert (report / name).is_file(), name
     metrics = json.loads((project / "metrics" / "eval.json").read_text())["eval"]
-    assert metrics == evaluated["metrics"]["eval"] and set(metrics) == {"reference", "flm", "fmlm"}
+    assert metrics == evaluated["metrics"]["eval"] and set(metrics) == {"protocol", "reference", "flm", "fmlm"}
+    assert metrics["protocol"] == "document"
     assert set(metrics["fmlm"]) == {"flow_map", "flow_map renoise=0.8"}
 
     run = mlflow_client.get_run(evaluated["run_id"])
@@ -47,6 +48,7 @@ def test_evaluate_flow_writes_outputs_run_and_version_tags(evaluated: dict, trai
     assert run.data.tags["stage"] == "evaluate" and run.data.tags["dvc.data/tokens"] == TOKENS_MD5
     assert run.data.tags["prefect.flow_run_id"] and run.data.tags["git.commit"]
     assert run.data.params["eval.n_samples"] == "2" and run.data.params["eval.judge"] == "smollm2"
+    assert run.data.params["eval.protocol"] == run.data.tags["protocol"] == "document"
     logged = run.data.metrics
     assert logged["gen_ppl/flm/nfe_2"] == pytest.approx(metrics["flm"]["euler"]["nfe=2"]["gen_ppl"])
     renoised = metrics["fmlm"]["flow_map renoise=0.8"]["nfe=1"]
@@ -66,10 +68,56 @@ def test_evaluate_flow_writes_outputs_run_and_version_tags(evaluated: dict, trai
         assert (found[tags.PROMOTE_NFE], found[tags.VARIANT], found["eval.run_id"]) == ("2", variant, run.info.run_id)
 
 
-def test_promotion_reads_the_evaluation(evaluated: dict, trained: dict) -> None:
+def test_the_renoised_variant_samples_differently_from_the_same_noise(evaluated: dict, project: Path) -> None:
+    """``flow_map renoise=0.8`` is a sampler of its own: at NFE 1 there is nothing to re-noise, so its row equals
+    the deterministic one (same seed, same ``z_0``); at NFE 2 the re-noising draws change the samples."""
+    fmlm = evaluated["metrics"]["eval"]["fmlm"]
+    det, renoised = fmlm["flow_map"], fmlm["flow_map renoise=0.8"]
+    scores = ("gen_ppl", "nll_per_byte", "entropy")
+    assert [renoised["nfe=1"][key] for key in scores] == [det["nfe=1"][key] for key in scores]
+    assert [renoised["nfe=2"][key] for key in scores] != [det["nfe=2"][key] for key in scores]
+    rows = json.loads((project / "reports" / "eval" / "rows.json").read_text())["rows"]
+    texts = {(r["variant"], r["nfe"]): r["samples"] for r in rows if r["model"] == "fmlm"}
+    assert texts[("flow_map renoise=0.8", 1)] == texts[("flow_map", 1)]
+    assert texts[("flow_map renoise=0.8", 2)] != texts[("flow_map", 2)]
+
+
+def test_promotion_reads_the_evaluation(evaluated: dict, trained: dict, mlflow_client: Any) -> None:
+    """The decision follows the evaluation's tags, both ways, and only a promotion moves ``@champion``.
+
+    Refused first (the version was evaluated at NFE 2, the rule asks for 1: no alias), then promoted under a
+    floor the measured entropy passes (no champion yet: the alias now points at it), then refused as the holder.
+    """
+    from mlflow.exceptions import MlflowException
+
     from pipelines.flows import promote
 
-    out = promote(model="fmlm", version=int(trained["fmlm"]["model_version"]), root=trained["root"],
-                  params=tiny_params(eval=EVAL))
-    assert "not been evaluated" not in out["reason"] and "evaluated at NFE" not in out["reason"]
-    assert out["promoted"] or "below the floor" in out["reason"]
+    version = trained["fmlm"]["model_version"]
+    found = mlflow_client.get_model_version("fmlm", version).tags
+    entropy, reference = float(found[tags.ENTROPY]), float(found[tags.REFERENCE_ENTROPY])
+    assert found[tags.PROMOTE_NFE] == "2" and entropy > 0 and reference > 0
+
+    def attempt(**rule: Any) -> dict[str, Any]:
+        return promote(model="fmlm", version=int(version), root=trained["root"], params=tiny_params(eval=EVAL | rule))
+
+    def champion() -> str | None:
+        try:
+            return str(mlflow_client.get_model_version_by_alias("fmlm", tags.ALIAS).version)
+        except MlflowException:
+            return None
+
+    assert champion() is None
+    out = attempt(promote_nfe=1)
+    assert not out["promoted"] and out["reason"] == f"version {version} was evaluated at NFE 2, not 1"
+    assert champion() is None
+    assert mlflow_client.get_model_version("fmlm", version).tags["promotion"] == "refused"
+
+    out = attempt(entropy_floor=min(1.0, 0.5 * entropy / reference))
+    assert out["promoted"] and out["champion_before"] is None, out
+    assert out["reason"] == f"no @champion yet; gen_ppl = {float(found[tags.GEN_PPL]):.6g}"
+    assert champion() == version
+    assert mlflow_client.get_model_version("fmlm", version).tags["promotion"] == "promoted"
+
+    out = attempt(entropy_floor=min(1.0, 0.5 * entropy / reference))
+    assert not out["promoted"] and out["champion_before"] == version and "already holds @champion" in out["reason"]
+    assert champion() == version

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from flm.registry.generator import TextGenerator
 from flm.train.checkpoint import read_meta
 
 from .conftest import TOKENS_MD5
@@ -71,5 +72,12 @@ def test_registered_models_generate_text(trained: dict, project: Path) -> None:
     texts = list(out["text"])
     assert len(texts) == 3 and texts[0] == texts[2] and texts[0] != texts[1]   # same seed, same text
     assert all(isinstance(t, str) and t for t in texts)
+    # the registered weights and tokenizer are the DVC outputs': the same seed writes the same text
+    local = {name: TextGenerator(project / "models" / name, project / "data" / "tokenizer") for name in ("flm", "fmlm")}
+    assert texts[:2] == [local["fmlm"].generate(1, 1, 12, seed=seed)[0] for seed in (0, 1)]
     flm = mlflow.pyfunc.load_model("models:/flm/1")
-    assert len(flm.predict(pd.DataFrame({"seed": [3]}), params={"steps": 4})["text"][0]) > 0
+    assert list(flm.predict(pd.DataFrame({"seed": [3]}), params={"steps": 4})["text"]) == local["flm"].generate(
+        1, 4, seed=3)
+    renoised = model.predict(pd.DataFrame({"seed": [0, 0]}), params={"steps": 2, "length": 12, "renoise": 0.8})
+    assert list(renoised["text"]) == local["fmlm"].generate(1, 2, 12, seed=0, renoise=0.8) * 2  # per seed
+    assert renoised["text"][0] != local["fmlm"].generate(1, 2, 12, seed=0)[0]  # re-noising changes two steps

@@ -16,7 +16,7 @@ from flm.tracking import NullTracker
 from flm.train.checkpoint import load_backbone, model_kind, read_meta
 from pipelines.train_stages import STAGES, StagePaths, main, train_ar, train_mdlm
 
-from .helpers import TINY
+from .helpers import LEARNS, MARGIN, TINY
 
 
 def stage_paths(tiny_data: dict, root: Path) -> StagePaths:
@@ -28,7 +28,7 @@ def stage_paths(tiny_data: dict, root: Path) -> StagePaths:
 def test_a_baseline_stage_trains_on_the_shared_model_shape(
     tiny_data: dict, tmp_path: Path, stage: object, name: str, causal: bool, n_times: int
 ) -> None:
-    params = params_from_dict(TINY)
+    params = params_from_dict(LEARNS)
     result = stage(params, stage_paths(tiny_data, tmp_path), tracker=NullTracker(), progress=False, device="cpu")
     assert result.checkpoint == tmp_path / "models" / name
     meta = read_meta(result.checkpoint)
@@ -45,6 +45,7 @@ def test_a_baseline_stage_trains_on_the_shared_model_shape(
     first = result.loop.history[0]["train/loss"]
     print(f"{name}: V={vocab} first train/loss {first:.3f}, final val_loss {metrics['val_loss']:.3f}")
     assert metrics["val_loss"] < first < 1.02 * math.log(vocab), (first, metrics["val_loss"])  # starts near log V
+    assert metrics["val_loss"] < math.log(vocab) - MARGIN, (metrics["val_loss"], math.log(vocab))  # and learns
     for texts in result.loop.samples.values():
         assert len(texts) == 2 and not all(t.replace(" ", "").isdigit() for t in texts)  # decoded text
     assert set(result.loop.samples) == set(TINY[name]["sample_steps"])

@@ -3,10 +3,13 @@ param reruns only distillation."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ import yaml
 
 from tests.train.conftest import OFFLINE_ENV
 
-from .helpers import TINY, TINY_EVAL
+from .helpers import LEARNS, MARGIN, TINY_EVAL
 
 REPO = Path(__file__).resolve().parents[2]
 TRACKED = ["flm", "pipelines", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore"]
@@ -74,6 +77,30 @@ def ran(output: str) -> set[str]:
     return {name for name in names if f"Running stage '{name}'" in output}
 
 
+def check_lineage(repo: Path, tracking_uri: str, started_ms: int) -> None:
+    """Each stage's parent MLflow run names the clone's HEAD commit (clean tree) and, for every dependency that is
+    another stage's output, the hash ``dvc.lock`` records for that output (read here from the lock itself)."""
+    from mlflow import MlflowClient
+
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    produced = {out["path"]: out["md5"] for entry in lock.values() for out in entry.get("outs", [])}
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("flm")
+    parents = [r for r in client.search_runs([experiment.experiment_id], f"attributes.start_time >= {started_ms}")
+               if "mlflow.parentRunId" not in r.data.tags]
+    by_stage = {r.data.tags["stage"]: r.data.tags for r in parents}
+    assert sorted(by_stage) == sorted(["train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate"])
+    assert len(parents) == len(by_stage)
+    for stage, tags in by_stage.items():
+        assert (tags["git.commit"], tags["git.dirty"]) == (head, "false"), stage
+        expected = {f"dvc.{dep}": produced[dep] for dep in stages()[stage]["deps"] if dep in produced}
+        assert {key: value for key, value in tags.items() if key.startswith("dvc.")} == expected, stage
+    assert by_stage["distill_fmlm"]["dvc.models/flm"] == produced["models/flm"]
+    assert {f"dvc.models/{name}" for name in ("flm", "fmlm", "ar", "mdlm")} <= set(by_stage["evaluate"])
+
+
 @pytest.mark.slow
 def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflow_state: Path, tmp_path: Path) -> None:
     repo = tmp_path / "clone"
@@ -85,7 +112,7 @@ def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflo
         else:
             shutil.copy2(source, target)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in TINY.items():
+    for section, values in LEARNS.items():
         params[section] |= values
     for section in ("train", "distill", "ar", "mdlm"):
         params[section]["sample_n"] = 0
@@ -107,8 +134,14 @@ def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflo
     dvc = (sys.executable, "-m", "dvc")
     run(repo, *dvc, "commit", "-f", "corpus", "tokenizer", "pack", env=env)
 
+    started_ms = int(time.time() * 1000)
     assert ran(run(repo, *dvc, "repro", env=env)) == {"train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate"}
     assert (repo / "models" / "fmlm" / "checkpoint.json").is_file()
+    check_lineage(repo, env["MLFLOW_TRACKING_URI"], started_ms)
+    ln_v = math.log(json.loads((repo / "data" / "tokens" / "meta.json").read_text())["V"])
+    for name in ("flm", "fmlm", "ar", "mdlm"):  # every stage learned (an untrained head scores ln V)
+        metrics = json.loads((repo / "metrics" / f"{name}.json").read_text())[name]
+        assert metrics["val_loss"] < ln_v - MARGIN, (name, metrics, ln_v)
     assert "up to date" in run(repo, *dvc, "status", env=env)
 
     params["cluster"]["workers"] = 4  # resources are no stage's parameter
