@@ -70,6 +70,20 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def _mean_over_workers(means: dict[str, float], world_size: int) -> dict[str, float]:
+    """Each logged mean averaged over the workers that report it (a collective: every rank calls it).
+
+    Every worker trains on an equal share of the global batch, so the mean of the workers' means is
+    the global batch's; a metric a worker lacks this window (e.g. FMLM's ``ce_diag`` on a one-row
+    slice without diagonal rows) is averaged over the others. Objects, not tensors: the key sets
+    may differ between workers, and this runs once per logging window.
+    """
+    gathered: list[dict[str, float] | None] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, means)
+    keys = dict.fromkeys(k for worker in gathered if worker for k in worker)
+    return {k: float(np.mean([w[k] for w in gathered if w and k in w])) for k in keys}
+
+
 def optim_settings(s: LoopParams) -> OptimSettings:
     """AdamW + schedule settings of a ``train`` / ``distill`` section (cosine ends at ``steps``)."""
     return OptimSettings(
@@ -221,7 +235,10 @@ def train_loop(
 
         # ---- log the window's means
         if done % s.log_every == 0 or done == s.steps:
-            record = {f"train/{k}": float(v) / window_steps for k, v in window.items()} | {"train/lr": lr}
+            means = {k: float(v) / window_steps for k, v in window.items()}
+            if world_size > 1:
+                means = _mean_over_workers(means, world_size)
+            record = {f"train/{k}": v for k, v in means.items()} | {"train/lr": lr}
             tracker.log_metrics(record, step=done)
             result.history.append({"step": done, **record})
             bar.set_postfix(loss=f"{record['train/loss']:.3f}")

@@ -1,7 +1,9 @@
-"""Two data-parallel workers (gloo, CPU) end where one worker with the whole batch ends."""
+"""Two data-parallel workers (gloo, CPU) end where one worker with the whole batch ends, and log the
+whole batch's training loss (every worker's share, not rank 0's)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,8 +35,12 @@ tokens, store, run_dir, rank = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.ar
 dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
 train = TokenBlocks(tokens, "train")
 objective = RowSeeded(tiny_flm(train.vocab_size).backbone)
-train_loop(objective, "backbone", tiny_train(steps=3, batch_size=8, lr=1e-3, warmup_steps=0), train, None,
-           f"{run_dir}/rank{rank}", rank=rank, world_size=2, progress=False)
+result = train_loop(objective, "backbone", tiny_train(steps=3, batch_size=8, lr=1e-3, warmup_steps=0, log_every=1),
+                    train, None, f"{run_dir}/rank{rank}", rank=rank, world_size=2, progress=False)
+if rank == 0:
+    import json
+    with open(f"{run_dir}/history.json", "w") as f:
+        json.dump(result.history, f)
 dist.destroy_process_group()
 """
 
@@ -52,8 +58,12 @@ def test_two_workers_equal_one_worker_with_the_global_batch(tiny_data: dict, tmp
 
     train = TokenBlocks(tiny_data["tokens"], "train")
     single = RowSeeded(tiny_flm(train.vocab_size).backbone)
-    train_loop(single, "backbone", tiny_train(steps=3, batch_size=8, lr=1e-3, warmup_steps=0), train, None,
-               tmp_path / "single", progress=False)
+    alone = train_loop(single, "backbone", tiny_train(steps=3, batch_size=8, lr=1e-3, warmup_steps=0, log_every=1),
+                       train, None, tmp_path / "single", progress=False)
     ddp = load_file(tmp_path / "ddp" / "rank0" / "ckpt-00000003" / "model.safetensors")
     for key, value in single.state_dict().items():
         torch.testing.assert_close(ddp[key], value, rtol=1e-4, atol=1e-6, msg=key)
+    logged = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    for mine, theirs in zip(logged, alone.history, strict=True):  # the global batch's loss, not rank 0's half
+        assert mine["train/loss"] == pytest.approx(theirs["train/loss"], rel=1e-5)
+        assert mine["train/grad_norm"] == pytest.approx(theirs["train/grad_norm"], rel=1e-4)
