@@ -8,7 +8,6 @@ once, in float64, and must give the same tokens as the eager network.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -28,11 +27,7 @@ class CountingBackend:
         return gm.forward
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo() -> Iterator[None]:
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def _dit(times: int, vocab: int = 48) -> DiT:
