@@ -147,10 +147,10 @@ class FMLMDistillation(nn.Module):
         off-diagonal. The union of the slices is the global draw, however it is cut.
         """
         tau_s, tau_t = self.draw_times(batch.size, batch.generator, device)
-        sizes = split_sizes(batch.size, self.diag_fraction, self.boundary_fraction)
-        rows = np.sort(interleaved_rows(sizes)[batch.rows(n)])
-        if len(rows) == batch.size:
+        sizes, mine = split_sizes(batch.size, self.diag_fraction, self.boundary_fraction), batch.rows(n)
+        if n == batch.size:  # the whole batch (one worker, no accumulation): nothing to deal
             return tau_s, tau_t, sizes[0]
+        rows = np.sort(interleaved_rows(sizes)[mine])
         index = torch.from_numpy(rows).to(device, non_blocking=True)
         return tau_s[index], tau_t[index], int((rows < sizes[0]).sum())
 
