@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
-    "MLflowTracker", "NullTracker", "Tracker", "check_reachable", "check_store", "default_tracking_uri", "flatten",
-    "make_tracker",
+    "EXPERIMENT_TAGS", "MLflowTracker", "NullTracker", "Tracker", "check_reachable", "check_store",
+    "default_tracking_uri", "flatten", "make_tracker",
 ]
 
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+"""Tags of every experiment the project creates (or finds without them): MLflow's UI opens a
+``custom_model_development`` experiment as model training (runs, charts, the model registry); an
+experiment without the tag opens in its GenAI view (traces)."""
 
 
 @runtime_checkable
@@ -203,7 +207,8 @@ def make_tracker(
     """Start an MLflow run in ``experiment`` and return its tracker.
 
     With the default sqlite store, the experiment is created with the explicit artifact location
-    ``<state>/mlflow/artifacts/<experiment>`` (MLflow would otherwise write ``./mlruns``).
+    ``<state>/mlflow/artifacts/<experiment>`` (MLflow would otherwise write ``./mlruns``). The experiment
+    carries :data:`EXPERIMENT_TAGS` (set on an existing experiment that lacks them).
     """
     for key, value in TELEMETRY_OFF.items():
         os.environ[key] = value
@@ -217,10 +222,13 @@ def make_tracker(
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
+        for key, value in EXPERIMENT_TAGS.items():
+            if found.tags.get(key) != value:
+                client.set_experiment_tag(experiment_id, key, value)
     elif uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         artifacts = (Path(state_dir) / "mlflow" / "artifacts" / experiment).resolve()
-        experiment_id = client.create_experiment(experiment, artifact_location=artifacts.as_uri())
+        experiment_id = client.create_experiment(experiment, artifact_location=artifacts.as_uri(), tags=EXPERIMENT_TAGS)
     else:
-        experiment_id = client.create_experiment(experiment)  # a server chooses its artifact store
+        experiment_id = client.create_experiment(experiment, tags=EXPERIMENT_TAGS)  # a server chooses its artifacts
     run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
     return MLflowTracker(client, run.info.run_id)

@@ -5,15 +5,21 @@ and ``data/tokenizer``; writes the DVC outputs ``reports/eval/`` (``report.md``,
 CSVs of the DVC plots, ``rows.json``, ``metrics.json``) and ``metrics/eval.json`` (DVC metrics). The
 work itself is :func:`flm.eval.stage.evaluate_models`; this module only wires MLflow around it:
 
-* an MLflow run ``evaluate`` tagged with the lineage (git commit, DVC hashes of the inputs, the
-  Prefect flow-run id), the judge and the Gen PPL ``protocol``, the ``eval`` params, a metric per
-  row (``gen_ppl/flm/nfe_8``, ``nll_per_byte/...``, ``entropy/...``, ``ci_low/...``, ``ci_high/...``,
-  ``sec_per_seq/...``; the reference row as ``nll_per_byte/data``, ``gen_ppl/data``, ``entropy/data``)
-  and the report directory as artifacts (``eval/``); the report's headline is printed (logged) at the end;
+* an MLflow run ``evaluate`` (experiment ``flm``, tagged as model training) tagged with the lineage
+  (git commit, DVC hashes of the inputs, the Prefect flow-run id), the judge and the Gen PPL
+  ``protocol``; the ``eval`` params; every row and the reference row as **one table** artifact
+  (:data:`TABLE`, :func:`flm.eval.stage.rows_table`: model, variant, NFE, NLL per byte and Gen PPL
+  with their intervals, entropy, ``degenerate``, time per sequence, one sample); a **few metrics**
+  (:func:`flm.eval.stage.summary_metrics`: ``gen_ppl/<model>`` and ``entropy/<model>`` at
+  ``promote_nfe``, ``gen_ppl/data`` and ``entropy/data``: at most 10 for the four models); the
+  report directory as artifacts (``eval/``); the report's headline (which names the degenerate
+  models) is printed (logged) at the end;
 * on every registered version of ``<name>`` whose ``ema_sha256`` tag matches
   ``models/<name>/ema.safetensors`` (:func:`flm.registry.publish.versions_with_weights`), the tags
   of :func:`flm.eval.stage.version_tags` (Gen PPL and entropy at ``promote_nfe``, the reference
-  entropy, the judge, the protocol) plus ``eval.run_id``: what the promote flow decides on.
+  entropy, ``eval.degenerate``, the judge, the protocol) plus ``eval.run_id``: what the promote flow
+  decides on; and the version's description gets its evaluation paragraph
+  (:func:`flm.eval.stage.evaluation_text`, :func:`flm.registry.publish.with_evaluation`).
 """
 
 from __future__ import annotations
@@ -24,19 +30,10 @@ from typing import Any
 
 from flm.config import Params
 
-__all__ = ["run_evaluate"]
+__all__ = ["TABLE", "run_evaluate"]
 
-ROW_METRICS = {"nll_per_byte": "nll_per_byte", "gen_ppl": "gen_ppl", "ci_low": "ci_low", "ci_high": "ci_high",
-               "entropy": "entropy", "sec_per_seq": "seconds_per_sequence"}
-"""MLflow metric prefix -> row field."""
-
-
-def _row_metrics(rows: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str, float]:
-    from flm.eval.stage import metric_key
-
-    out = {metric_key(prefix, row): float(row[field]) for row in rows for prefix, field in ROW_METRICS.items()}
-    out |= {metric_key(key, reference): float(reference[key]) for key in ("nll_per_byte", "gen_ppl", "entropy")}
-    return out
+TABLE = "eval_table.json"
+"""The run's table artifact (``MlflowClient.log_table``; the ``eval/`` folder holds the report's own files)."""
 
 
 def run_evaluate(params: Params, root: str | Path = ".", device: str | None = None,
@@ -54,8 +51,8 @@ def run_evaluate(params: Params, root: str | Path = ".", device: str | None = No
     from flm.environment import hermetic
     from flm.eval.headline import headline
     from flm.eval.judge import load_judge
-    from flm.eval.stage import evaluate_models, version_tags
-    from flm.registry.publish import versions_with_weights
+    from flm.eval.stage import evaluate_models, evaluation_text, rows_table, summary_metrics, version_tags
+    from flm.registry.publish import versions_with_weights, with_evaluation
     from flm.tracking import default_tracking_uri, make_tracker
     from pipelines.lineage import lineage_tags
 
@@ -80,7 +77,8 @@ def run_evaluate(params: Params, root: str | Path = ".", device: str | None = No
         metrics_file = root / "metrics" / "eval.json"
         metrics = {"eval": json.loads(result.files["metrics.json"].read_text(encoding="utf-8"))}
         write_json_atomic(metrics_file, metrics)
-        run.log_metrics(_row_metrics(result.rows, result.reference), step=0)
+        run.client.log_table(run.run_id, data=rows_table(result.rows, result.reference), artifact_file=TABLE)
+        run.log_metrics(summary_metrics(result.rows, result.reference, spec), step=0)
         summary = headline(result.rows, result.reference, judge.name, spec.protocol)
         log(summary + f"\n(full report: {result.files['report.md']})")
         run.log_artifacts(root / "reports" / "eval", "eval")
@@ -93,8 +91,12 @@ def run_evaluate(params: Params, root: str | Path = ".", device: str | None = No
             for version in tagged[name]:
                 for key, value in values.items():
                     client.set_model_version_tag(name, version, key, value)
+                described = client.get_model_version(name, version).description
+                text = with_evaluation(described, evaluation_text(values))
+                client.update_model_version(name, version, description=text)
             found = ", ".join(f"v{v}" for v in tagged[name]) or "none (not registered with these weights)"
-            log(f"evaluate: {name} Gen PPL {float(values['eval.gen_ppl']):.2f} at NFE {spec.promote_nfe}; "
+            flag = " (DEGENERATE: entropy below the floor)" if values["eval.degenerate"] == "true" else ""
+            log(f"evaluate: {name} Gen PPL {float(values['eval.gen_ppl']):.2f} at NFE {spec.promote_nfe}{flag}; "
                 f"tagged versions: {found}")
     except BaseException:
         run.close("FAILED")

@@ -7,8 +7,9 @@ its largest NFE, AR, the held-out text), lays them side by side (NLL per byte an
 95 % intervals, entropy, one sample each) and states each comparison the numbers support.
 
 Rows are the plain dicts of :mod:`flm.eval.evaluate`. :func:`mark_degenerate` adds the flag
-``degenerate``: mean sample entropy below ``floor × the held-out text's entropy``. Such rows (e.g.
-``the the the ...``) can score a low NLL and Gen PPL and are never called the better model.
+``degenerate``: mean sample entropy below ``floor × the held-out text's entropy``
+(:func:`flm.eval.floor.is_degenerate`). Such rows (e.g. ``the the the ...``) can score a low NLL and
+Gen PPL and are never called the better model; :func:`degenerate_note` names them in one line.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from flm.eval.floor import is_degenerate
 from flm.eval.judge import PROTOCOLS
 
-__all__ = ["HEADLINE", "compare", "headline", "headline_rows", "mark_degenerate"]
+__all__ = ["HEADLINE", "compare", "degenerate_note", "headline", "headline_rows", "mark_degenerate"]
 
 Row = Mapping[str, Any]
 
@@ -38,8 +40,19 @@ HEADLINE: tuple[tuple[str, str, int | None], ...] = (
 
 def mark_degenerate(rows: Sequence[Row], reference: Row, floor: float) -> list[dict[str, Any]]:
     """Copies of ``rows`` with ``degenerate = entropy < floor · reference["entropy"]`` (``floor`` in (0, 1])."""
-    limit = floor * float(reference["entropy"])
-    return [{**row, "degenerate": bool(row["entropy"] < limit)} for row in rows]
+    return [{**row, "degenerate": is_degenerate(row["entropy"], reference["entropy"], floor)} for row in rows]
+
+
+def degenerate_note(rows: Sequence[Row]) -> str:
+    """One line naming the models with rows flagged ``degenerate`` (and at which NFEs), or saying there are none."""
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("degenerate"):
+            found.setdefault(row["model"], []).append(f"{row['variant']} NFE {row['nfe']}")
+    if not found:
+        return "Degenerate rows (entropy below the floor): none."
+    named = "; ".join(f"{model} ({', '.join(where)})" for model, where in found.items())
+    return f"Degenerate rows (entropy below the floor): {named}."
 
 
 def headline_rows(rows: Sequence[Row]) -> list[Row]:
@@ -102,8 +115,9 @@ def _claims(picked: Sequence[Row]) -> list[str]:
 
 
 def headline(rows: Sequence[Row], reference: Row, judge: str, protocol: str | None = None) -> str:
-    """The report's first section (Markdown): the claim's rows side by side and each comparison; ``protocol``
-    (``document`` or ``reference``, :data:`flm.eval.judge.PROTOCOLS`) is named when given."""
+    """The report's first section (Markdown): the claim's rows side by side, each comparison and which models have
+    degenerate rows (:func:`degenerate_note`); ``protocol`` (``document`` or ``reference``,
+    :data:`flm.eval.judge.PROTOCOLS`) is named when given."""
     picked = headline_rows(rows)
     named = f"protocol `{protocol}` ({PROTOCOLS[protocol]}); " if protocol is not None else ""
     lines = [
@@ -124,4 +138,4 @@ def headline(rows: Sequence[Row], reference: Row, judge: str, protocol: str | No
             f"{row['entropy']:.3f} | {_sample(row)} |"
         )
     claims = _claims(picked)
-    return "\n".join(lines + (["", *claims] if claims else []))
+    return "\n".join(lines + (["", *claims] if claims else []) + ["", degenerate_note(rows)])

@@ -18,8 +18,9 @@
   the sample texts per model and NFE;
 * ``nll_per_byte_vs_nfe.png`` and ``gen_ppl_vs_nfe.png`` (log2 NFE axis, one curve per model and
   variant with its interval band, the reference as a dashed line) and ``gen_ppl_vs_entropy.png``
-  (the entropy floor shaded); rows below the floor are drawn as red crosses in every plot
-  (matplotlib, Agg canvas, no pyplot).
+  (the entropy floor ``entropy_floor × H(held-out)`` as a labelled vertical line); rows below the floor
+  are drawn with hollow markers in every plot, explained in the legend (matplotlib, Agg canvas, no
+  pyplot).
 
 A row's ``degenerate`` flag comes from :func:`flm.eval.headline.mark_degenerate` (absent: not flagged).
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from flm.data.atomic import write_json_atomic
+from flm.eval.floor import entropy_limit
 from flm.eval.headline import headline
 from flm.eval.judge import PROTOCOLS
 
@@ -151,24 +153,43 @@ def _save(fig, ax, path: Path, xlabel: str, ylabel: str = "Gen PPL (judge)", log
     return fig
 
 
-def _mark_degenerate(ax, rows: Sequence[Row], x: str, y: str) -> None:
-    """Red crosses over the rows below the entropy floor (one legend entry)."""
-    bad = [r for r in rows if _degenerate(r)]
+def _hollow_note(floor: float | None) -> str:
+    """The legend entry of the hollow markers."""
+    rule = f"{floor:g} × held-out" if floor is not None else "the floor"
+    return f"hollow: degenerate (entropy < {rule})"
+
+
+def _draw_curve(ax, curve: Sequence[Row], x: str, y: str, label: str) -> Any:
+    """One curve: its line and filled markers, the degenerate rows' markers hollow (same colour); the line."""
+    bad = [i for i, r in enumerate(curve) if _degenerate(r)]
+    good = [i for i in range(len(curve)) if i not in bad]
+    (line,) = ax.plot([r[x] for r in curve], [r[y] for r in curve], marker="o", markevery=good, label=label)
     if bad:
-        ax.plot([r[x] for r in bad], [r[y] for r in bad], marker="x", markersize=11, markeredgewidth=2,
-                color="red", linestyle="", label=DEGENERATE, zorder=5)
+        ax.plot([curve[i][x] for i in bad], [curve[i][y] for i in bad], marker="o", markersize=9, markeredgewidth=1.8,
+                markerfacecolor="none", markeredgecolor=line.get_color(), linestyle="", label="_degenerate", zorder=5)
+    return line
 
 
-def _plot_nfe(path: Path, rows: Sequence[Row], reference: Row | None, score: str = "gen_ppl") -> Any:
-    """``score`` (``gen_ppl`` or ``nll_per_byte``) against NFE, one curve per model and variant; the figure."""
+def _note_degenerate(ax, rows: Sequence[Row], floor: float | None) -> None:
+    """A legend entry explaining the hollow markers, when any row is degenerate."""
+    if any(_degenerate(r) for r in rows):
+        ax.plot([], [], marker="o", markersize=9, markeredgewidth=1.8, markerfacecolor="none", markeredgecolor="grey",
+                linestyle="", label=_hollow_note(floor))
+
+
+def _plot_nfe(path: Path, rows: Sequence[Row], reference: Row | None, score: str = "gen_ppl",
+              floor: float | None = None) -> Any:
+    """``score`` (``gen_ppl`` or ``nll_per_byte``) against NFE, one curve per model and variant; the figure.
+
+    Degenerate rows (``floor``: the entropy floor, named in the legend) are hollow markers.
+    """
     low_key, high_key = ("ci_low", "ci_high") if score == "gen_ppl" else (f"{score}_low", f"{score}_high")
     fig, ax = _axes()
     for label, curve in _curves(rows):
-        nfe = [r["nfe"] for r in curve]
-        (line,) = ax.plot(nfe, [r[score] for r in curve], marker="o", label=label)
-        low, high = [r[low_key] for r in curve], [r[high_key] for r in curve]
+        line = _draw_curve(ax, curve, "nfe", score, label)
+        nfe, low, high = [r["nfe"] for r in curve], [r[low_key] for r in curve], [r[high_key] for r in curve]
         ax.fill_between(nfe, low, high, color=line.get_color(), alpha=0.2)
-    _mark_degenerate(ax, rows, "nfe", score)
+    _note_degenerate(ax, rows, floor)
     if reference is not None:
         label = f"held-out text ({reference[score]:.{1 if score == 'gen_ppl' else 3}f})"
         ax.axhline(reference[score], color="black", linestyle="--", label=label)
@@ -180,20 +201,26 @@ def _plot_nfe(path: Path, rows: Sequence[Row], reference: Row | None, score: str
 
 
 def _plot_entropy(path: Path, rows: Sequence[Row], reference: Row | None, floor: float | None) -> Any:
-    """Gen PPL against mean sample entropy, NFEs annotated, the entropy floor shaded; the figure."""
+    """Gen PPL against mean sample entropy, NFEs annotated, degenerate rows hollow; the figure.
+
+    With a reference and a ``floor``, the entropy floor ``floor × H(held-out)`` is a labelled vertical line
+    (the region below it lightly shaded).
+    """
     fig, ax = _axes()
     for label, curve in _curves(rows):
-        ax.plot([r["entropy"] for r in curve], [r["gen_ppl"] for r in curve], marker="o", label=label)
+        _draw_curve(ax, curve, "entropy", "gen_ppl", label)
         for r in curve:
             xy = (r["entropy"], r["gen_ppl"])
             ax.annotate(str(r["nfe"]), xy, fontsize="x-small", xytext=(3, 3), textcoords="offset points")
-    _mark_degenerate(ax, rows, "entropy", "gen_ppl")
+    _note_degenerate(ax, rows, floor)
     if reference is not None:
         xy = ([reference["entropy"]], [reference["gen_ppl"]])
         ax.plot(*xy, marker="*", markersize=14, color="black", linestyle="", label="held-out text")
         if floor is not None:
-            ax.axvspan(min(0.0, *(r["entropy"] for r in rows)), floor * reference["entropy"], color="red",
-                       alpha=0.08, label=f"entropy < {floor:g} × held-out (degenerate)")
+            limit = entropy_limit(reference["entropy"], floor)
+            ax.axvspan(min(0.0, *(r["entropy"] for r in rows)), limit, color="red", alpha=0.06)
+            ax.axvline(limit, color="red", linestyle=":", linewidth=1.5,
+                       label=f"entropy floor: {floor:g} × held-out = {limit:.2f} nats")
     return _save(fig, ax, path, "mean sample entropy (nats)")
 
 
@@ -232,7 +259,7 @@ def write_report(
     _write_csv(paths["gen_ppl_vs_nfe.csv"], [r for _, curve in _curves(rows) for r in curve], NFE_COLUMNS)
     _write_csv(paths["gen_ppl_vs_entropy.csv"], ([reference] if reference else []) + list(rows), ENTROPY_COLUMNS)
     paths["report.md"].write_text(_markdown(rows, reference, title, judge, protocol) + "\n", encoding="utf-8")
-    _plot_nfe(paths["nll_per_byte_vs_nfe.png"], rows, reference, "nll_per_byte")
-    _plot_nfe(paths["gen_ppl_vs_nfe.png"], rows, reference)
+    _plot_nfe(paths["nll_per_byte_vs_nfe.png"], rows, reference, "nll_per_byte", entropy_floor)
+    _plot_nfe(paths["gen_ppl_vs_nfe.png"], rows, reference, floor=entropy_floor)
     _plot_entropy(paths["gen_ppl_vs_entropy.png"], rows, reference, entropy_floor)
     return paths

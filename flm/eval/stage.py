@@ -28,13 +28,13 @@ document separator (the data tokenizer's EOS, and its BOS when distinct) may app
 
 Samples and the reference are decoded and scored alike.
 
-:func:`version_tags` turns one model's row at ``promote_nfe`` (and the reference row) into the
-model-version tags that :func:`flm.registry.promote.promote` reads.
+:func:`version_tags` turns one model's row at ``promote_nfe`` (:func:`promote_row`; and the reference
+row) into the model-version tags that :func:`flm.registry.promote.promote` reads; :func:`summary_metrics`
+and :func:`rows_table` are what the evaluate stage logs to MLflow (a few metrics, one table).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,15 +43,19 @@ from typing import Any
 from flm.config import EvalParams
 from flm.data.blocks import TokenBlocks
 from flm.eval.evaluate import Entry, EvalSettings, evaluate, reference_row
+from flm.eval.floor import is_degenerate
 from flm.eval.headline import mark_degenerate
 from flm.eval.judge import Judge
 from flm.eval.report import write_report
 from flm.registry import promote as tags
 
 __all__ = [
-    "EvalResult", "evaluate_models", "metric_key", "model_entries", "separator_decoder", "version_tags",
-    "whole_decoder",
+    "DEGENERATE", "TABLE_COLUMNS", "EvalResult", "evaluate_models", "evaluation_text", "model_entries", "promote_row",
+    "rows_table", "separator_decoder", "summary_metrics", "version_tags", "whole_decoder",
 ]
+
+DEGENERATE = "eval.degenerate"
+"""Version tag: ``true`` when the version's samples at ``promote_nfe`` are below the entropy floor."""
 
 Row = Mapping[str, Any]
 
@@ -152,24 +156,56 @@ def evaluate_models(
     return EvalResult(rows, reference, files)
 
 
-def metric_key(metric: str, row: Row) -> str:
-    """MLflow metric name of one row: ``gen_ppl/flm/nfe_8``, ``entropy/fmlm_renoise/nfe_4``, ``gen_ppl/data``."""
-    curve = "_".join([row["model"], *sorted(row["options"])])
-    if row["model"] == "data":
-        return f"{metric}/data"
-    return f"{metric}/{re.sub(r'[^A-Za-z0-9_.-]', '_', curve)}/nfe_{row['nfe']}"
+def promote_row(name: str, rows: Sequence[Row], params: EvalParams) -> Row:
+    """``name``'s row that stands for the model: its default variant at ``promote_nfe`` (AR: its one row).
+
+    Raises:
+        ValueError: ``rows`` hold no such row (the message names ``promote_nfe``).
+    """
+    own = [r for r in rows if r["model"] == name and not r["options"]]
+    row = own[0] if name == "ar" and own else next((r for r in own if r["nfe"] == params.promote_nfe), None)
+    if row is None:
+        raise ValueError(f"no {name} row at promote_nfe={params.promote_nfe}")
+    return row
+
+
+def summary_metrics(rows: Sequence[Row], reference: Row, params: EvalParams) -> dict[str, float]:
+    """The evaluation's few MLflow metrics: ``gen_ppl/<model>`` and ``entropy/<model>`` of each model's
+    :func:`promote_row`, and the held-out text's ``gen_ppl/data`` and ``entropy/data``.
+
+    ``eval.models`` names each of the four models at most once, so this is at most 10 metrics; every row is
+    in the evaluation's table artifact instead.
+    """
+    out: dict[str, float] = {}
+    for name in params.models:
+        row = promote_row(name, rows, params)
+        out |= {f"gen_ppl/{name}": float(row["gen_ppl"]), f"entropy/{name}": float(row["entropy"])}
+    return out | {"gen_ppl/data": float(reference["gen_ppl"]), "entropy/data": float(reference["entropy"])}
+
+
+TABLE_COLUMNS = ("model", "variant", "nfe", "nll_per_byte", "nll_per_byte_low", "nll_per_byte_high", "gen_ppl",
+                 "ci_low", "ci_high", "entropy", "degenerate", "seconds_per_sequence", "n_samples")
+"""Columns of :func:`rows_table` (then ``sample``: each row's first sample text)."""
+
+
+def rows_table(rows: Sequence[Row], reference: Row) -> dict[str, list[Any]]:
+    """The reference row (model ``data``) and every row as columns (:data:`TABLE_COLUMNS` and ``sample``), for
+    ``MlflowClient.log_table``; a missing value (the reference's time per sequence) is ``None``."""
+    ordered = [{**reference, "degenerate": False}, *rows]
+    table = {key: [row.get(key) for row in ordered] for key in TABLE_COLUMNS}
+    table["degenerate"] = [bool(flag) for flag in table["degenerate"]]
+    table["sample"] = [str(row["samples"][0]) if row.get("samples") else "" for row in ordered]
+    return table
 
 
 def version_tags(name: str, rows: Sequence[Row], reference: Row, params: EvalParams, judge: str) -> dict[str, str]:
     """Model-version tags of ``name``'s evaluation: its default variant at ``promote_nfe`` (AR: its one row).
 
     Keys are those :func:`flm.registry.promote.promote` reads (``eval.gen_ppl``, ``eval.entropy``,
-    ``eval.reference_entropy``, ``eval.protocol``, ...).
+    ``eval.reference_entropy``, ``eval.protocol``, ...), and :data:`DEGENERATE` (``true`` / ``false``:
+    :func:`flm.eval.floor.is_degenerate` at ``eval.entropy_floor``, also a tag).
     """
-    own = [r for r in rows if r["model"] == name and not r["options"]]
-    row = own[0] if name == "ar" else next((r for r in own if r["nfe"] == params.promote_nfe), None)
-    if row is None:
-        raise ValueError(f"no {name} row at promote_nfe={params.promote_nfe}")
+    row = promote_row(name, rows, params)
     values = {
         tags.GEN_PPL: row["gen_ppl"], tags.ENTROPY: row["entropy"], tags.REFERENCE_ENTROPY: reference["entropy"],
         "eval.ci_low": row["ci_low"], "eval.ci_high": row["ci_high"], "eval.reference_gen_ppl": reference["gen_ppl"],
@@ -177,4 +213,19 @@ def version_tags(name: str, rows: Sequence[Row], reference: Row, params: EvalPar
     }
     protocol = {tags.JUDGE: judge, tags.PROMOTE_NFE: str(params.promote_nfe), tags.VARIANT: row["variant"],
                 tags.GEN_PPL_PROTOCOL: params.protocol}
-    return {key: repr(float(v)) if isinstance(v, float) else str(v) for key, v in values.items()} | protocol
+    degenerate = is_degenerate(row["entropy"], reference["entropy"], params.entropy_floor)
+    flags = {DEGENERATE: str(degenerate).lower(), "eval.entropy_floor": repr(float(params.entropy_floor))}
+    return {key: repr(float(v)) if isinstance(v, float) else str(v) for key, v in values.items()} | protocol | flags
+
+
+def evaluation_text(values: Mapping[str, str]) -> str:
+    """One Markdown sentence from :func:`flm.eval.stage.version_tags` ``values``: Gen PPL at the promotion NFE,
+    entropy against the held-out text, ``degenerate`` when below ``eval.entropy_floor`` x that, and the run
+    (``eval.run_id``, which the evaluate stage adds, when present)."""
+    text = (f"Gen PPL {float(values['eval.gen_ppl']):.2f} at NFE {values['eval.nfe']} "
+            f"(`{values['eval.variant']}`, judge {values['eval.judge']}, protocol `{values['eval.protocol']}`; "
+            f"held-out text {float(values['eval.reference_gen_ppl']):.2f}); entropy "
+            f"{float(values['eval.entropy']):.2f} nats (held-out {float(values['eval.reference_entropy']):.2f})")
+    if values["eval.degenerate"] == "true":
+        text += f", **degenerate** (below {float(values['eval.entropy_floor']):g} x held-out)"
+    return text + (f"; run `{values['eval.run_id']}`." if values.get("eval.run_id") else ".")

@@ -8,11 +8,17 @@ given explicitly (MLflow's inference is slow and picks up unrelated packages).
 Each registered version is tagged ``ema_sha256`` with the SHA-256 of its ``ema.safetensors``: the
 evaluate stage finds the versions that hold the weights of ``models/<name>`` by that digest
 (:func:`versions_with_weights`) and records its Gen PPL on them.
+
+Each version carries a short Markdown description: at registration, where it comes from
+(:func:`registration_description`: the stage, the profile, the step, the data, the run); after an
+evaluation, an ``Evaluation:`` paragraph (:func:`with_evaluation`) that replaces any earlier one
+(:func:`with_section`: any other section, e.g. a promotion decision, can be kept the same way).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,11 +27,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "WEIGHTS_TAG", "RegisteredModel", "log_text_model", "model_requirements", "versions_with_weights", "weights_sha256",
+    "EVALUATION", "WEIGHTS_TAG", "RegisteredModel", "log_text_model", "model_requirements", "registration_description",
+    "versions_with_weights", "weights_sha256", "with_evaluation", "with_section",
 ]
 
 WEIGHTS_TAG = "ema_sha256"
 """Model-version tag: the SHA-256 of the version's ``ema.safetensors``."""
+EVALUATION = "**Evaluation:**"
+"""Opens the evaluation paragraph of a version's description."""
 REQUIREMENTS = ("torch", "numpy", "safetensors", "tokenizers", "pydantic", "pyyaml", "pandas", "mlflow")
 
 
@@ -63,6 +72,41 @@ def versions_with_weights(client: Any, name: str, checkpoint_dir: str | Path) ->
     return sorted((str(v.version) for v in versions if v.tags.get(WEIGHTS_TAG) == digest), key=int)
 
 
+def registration_description(checkpoint_dir: str | Path, run_id: str, run_tags: dict[str, str]) -> str:
+    """A version's description at registration (Markdown): stage, profile, step, data, run.
+
+    Read from ``checkpoint_dir/checkpoint.json`` (``stage``, ``params.profile``, ``step``) and the run's
+    lineage tags (``git.commit``; ``dvc.data/...`` and ``dvc.models/...``: the DVC md5 of each data input,
+    e.g. ``data/tokens`` and the teacher ``models/flm``); what is missing is left out.
+    """
+    info = json.loads((Path(checkpoint_dir) / "checkpoint.json").read_text(encoding="utf-8"))
+    profile = info.get("params", {}).get("profile") or run_tags.get("profile")
+    stage = info.get("stage") or run_tags.get("stage")
+    origin = [f"stage `{stage}`"] if stage else []
+    origin += [f"profile `{profile}`"] if profile else []
+    origin += [f"step {info['step']}"] if "step" in info else []
+    commit = run_tags.get("git.commit", "unknown")
+    code = f" at commit `{commit[:10]}`" if commit != "unknown" else ""
+    lines = [(f"Trained by {', '.join(origin)} in" if origin else "Logged in") + f" MLflow run `{run_id}`{code}."]
+    inputs = [f"`{key.removeprefix('dvc.')}` {value[:12]}" for key, value in sorted(run_tags.items())
+              if key.startswith(("dvc.data/", "dvc.models/")) and value]
+    return "\n\n".join(lines + ([f"Data (DVC md5): {'; '.join(inputs)}."] if inputs else []))
+
+
+def with_section(description: str | None, heading: str, text: str) -> str:
+    """``description`` without its paragraphs that open with ``heading``, then ``heading text`` as the last one.
+
+    ``text`` is one paragraph (no blank line); the other paragraphs keep their order.
+    """
+    kept = [part for part in (description or "").split("\n\n") if part.strip() and not part.startswith(heading)]
+    return "\n\n".join([*kept, f"{heading} {text}"])
+
+
+def with_evaluation(description: str | None, evaluation: str) -> str:
+    """``description`` with its :data:`EVALUATION` paragraph (if any) replaced by ``evaluation`` (the last one)."""
+    return with_section(description, EVALUATION, evaluation)
+
+
 def _slim_checkpoint(checkpoint_dir: Path, dest: Path) -> Path:
     """``checkpoint.json`` + ``ema.safetensors`` of a checkpoint, copied into ``dest``."""
     dest.mkdir(parents=True)
@@ -78,7 +122,7 @@ def log_text_model(
     """Log ``checkpoint_dir`` into run ``run_id`` as the model ``model`` and register it as ``registered_name``.
 
     The run is re-entered, not ended: its status is left as it was. The new version is tagged
-    :data:`WEIGHTS_TAG` with the digest of its weights.
+    :data:`WEIGHTS_TAG` with the digest of its weights and described (:func:`registration_description`).
     """
     import mlflow
 
@@ -87,7 +131,8 @@ def log_text_model(
 
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
-    status = client.get_run(run_id).info.status
+    run = client.get_run(run_id)
+    status = run.info.status
     with tempfile.TemporaryDirectory(prefix="flm-model-") as tmp:
         artifacts = {"checkpoint": str(_slim_checkpoint(Path(checkpoint_dir), Path(tmp) / "checkpoint"))}
         if tokenizer_dir is not None:
@@ -107,4 +152,6 @@ def log_text_model(
         client.update_run(run_id, status="RUNNING")  # start_run's exit marked it finished; the caller ends it
     registered = str(info.registered_model_version)
     client.set_model_version_tag(registered_name, registered, WEIGHTS_TAG, weights_sha256(checkpoint_dir))
+    description = registration_description(checkpoint_dir, run_id, dict(run.data.tags))
+    client.update_model_version(registered_name, registered, description=description)
     return RegisteredModel(registered_name, registered, f"models:/{registered_name}/{registered}", run_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flm.eval.headline import mark_degenerate
+from flm.eval.headline import headline, mark_degenerate
 from flm.eval.judge import PROTOCOLS
 from flm.eval.report import DEGENERATE, ENTROPY_COLUMNS, NFE_COLUMNS, _plot_entropy, _plot_nfe, write_report
 
@@ -126,6 +126,8 @@ def test_the_report_leads_with_the_claim(tmp_path: Path, monkeypatch: pytest.Mon
     assert f"- FLM · 128 steps vs FLM · 8 steps: not compared: FLM · 128 steps {DEGENERATE}" in lead
     assert f"(its teacher): {math.log(50) / math.log(9) - 1:+.1%} NLL per byte" in lead
     assert f"⚠: {DEGENERATE}." in markdown and "| flm ⚠ | euler | 128 |" in markdown
+    assert lead.rstrip().endswith("\n\nDegenerate rows (entropy below the floor): flm (euler NFE 128).")
+    assert "Degenerate rows (entropy below the floor): none." in headline(rows[:3], reference, "smollm2")
 
 
 def test_degenerate_rows_are_flagged_in_files_and_drawn_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,15 +140,30 @@ def test_degenerate_rows_are_flagged_in_files_and_drawn_apart(tmp_path: Path, mo
     with paths["gen_ppl_vs_nfe.csv"].open() as handle:
         flagged = [(r["model"], r["nfe"]) for r in csv.DictReader(handle) if r["degenerate"] == "True"]
     assert flagged == [("flm", "128")]
+    with paths["gen_ppl_vs_entropy.csv"].open() as handle:
+        flagged = [(r["model"], r["nfe"]) for r in csv.DictReader(handle) if r["degenerate"] == "True"]
+    assert flagged == [("flm", "128")]
+    bad = rows[-1]
     for figure, (x, y) in (
-        (_plot_nfe(tmp_path / "a.png", rows, reference, "nll_per_byte"), ("nfe", "nll_per_byte")),
-        (_plot_nfe(tmp_path / "b.png", rows, reference), ("nfe", "gen_ppl")),
+        (_plot_nfe(tmp_path / "a.png", rows, reference, "nll_per_byte", 0.8), ("nfe", "nll_per_byte")),
+        (_plot_nfe(tmp_path / "b.png", rows, reference, floor=0.8), ("nfe", "gen_ppl")),
         (_plot_entropy(tmp_path / "c.png", rows, reference, 0.8), ("entropy", "gen_ppl")),
     ):
-        marks = [line for line in figure.axes[0].get_lines() if line.get_label() == DEGENERATE]
-        assert len(marks) == 1 and marks[0].get_marker() == "x" and marks[0].get_color() == "red"
-        bad = rows[-1]
-        assert list(marks[0].get_xdata()) == [bad[x]] and list(marks[0].get_ydata()) == [bad[y]]
+        ax = figure.axes[0]
+        hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "none" and len(line.get_xdata())]
+        assert [(list(h.get_xdata()), list(h.get_ydata())) for h in hollow] == [([bad[x]], [bad[y]])]
+        flm = next(line for line in ax.get_lines() if line.get_label() == "flm euler")
+        assert flm.get_markevery() == [0, 1] and hollow[0].get_markeredgecolor() == flm.get_color()
+        filled = [line for line in ax.get_lines() if line.get_marker() == "o" and line.get_markerfacecolor() != "none"]
+        assert all(line.get_markevery() is None or len(line.get_markevery()) == len(line.get_xdata())
+                   for line in filled if line is not flm)  # every other row is drawn filled
+        legend = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert "hollow: degenerate (entropy < 0.8 × held-out)" in legend
+    floor = [line for line in ax.get_lines() if line.get_label().startswith("entropy floor")]
+    assert len(floor) == 1 and list(floor[0].get_xdata()) == pytest.approx([0.8 * 4.3] * 2)
+    assert floor[0].get_label() == "entropy floor: 0.8 × held-out = 3.44 nats"
+    assert not [line for line in _plot_nfe(tmp_path / "d.png", rows[:3], reference).axes[0].get_lines()
+                if line.get_markerfacecolor() == "none"]  # no degenerate row: no hollow marker, no legend note
 
 
 @pytest.mark.parametrize("protocol", ["reference", "document"])

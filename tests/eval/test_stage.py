@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from flm.config import EvalParams
-from flm.eval.stage import evaluate_models, metric_key, separator_decoder, version_tags, whole_decoder
+from flm.eval import stage
+from flm.eval.stage import DEGENERATE, TABLE_COLUMNS, evaluate_models, separator_decoder, version_tags, whole_decoder
 from flm.registry import promote as tags
 
 from .conftest import LoadedJudge, one_thread
@@ -105,19 +106,43 @@ def test_a_missing_or_mismatched_model_is_an_error(project: Path, smollm2: Loade
         evaluate_models(PARAMS, swapped, data / "tokens", data / "tokenizer", tmp_path / "out", smollm2.judge)
 
 
-def test_version_tags_and_metric_keys(first) -> None:
+def test_version_tags_summary_metrics_and_table(first) -> None:
     fmlm = version_tags("fmlm", first.rows, first.reference, PARAMS, "smollm2")
     row = next(r for r in first.rows if r["model"] == "fmlm" and r["nfe"] == 2 and not r["options"])
     assert float(fmlm[tags.GEN_PPL]) == row["gen_ppl"] and float(fmlm[tags.ENTROPY]) == row["entropy"]
     assert float(fmlm[tags.REFERENCE_ENTROPY]) == first.reference["entropy"]
     assert (fmlm[tags.JUDGE], fmlm[tags.PROMOTE_NFE], fmlm[tags.VARIANT]) == ("smollm2", "2", "flow_map")
     assert fmlm[tags.GEN_PPL_PROTOCOL] == "document"
+    assert fmlm[DEGENERATE] == str(row["degenerate"]).lower() and fmlm["eval.entropy_floor"] == "0.8"
     ar = version_tags("ar", first.rows, first.reference, PARAMS, "smollm2")
     assert ar["eval.nfe"] == "16" and ar[tags.PROMOTE_NFE] == "2"
-    renoised = next(r for r in first.rows if r["options"])
-    assert metric_key("gen_ppl", renoised) == "gen_ppl/fmlm_renoise/nfe_1"
-    assert metric_key("entropy", first.rows[0]) == "entropy/flm/nfe_1"
-    assert metric_key("gen_ppl", first.reference) == "gen_ppl/data"
+
+    metrics = stage.summary_metrics(first.rows, first.reference, PARAMS)
+    assert len(metrics) == 10 and (metrics["gen_ppl/fmlm"], metrics["entropy/fmlm"]) == (row["gen_ppl"], row["entropy"])
+    assert metrics["gen_ppl/ar"] == first.rows[-1]["gen_ppl"] and metrics["entropy/data"] == first.reference["entropy"]
+    assert metrics["gen_ppl/flm"] == first.rows[1]["gen_ppl"]  # flm euler at NFE 2
+
+    table = stage.rows_table(first.rows, first.reference)
+    assert list(table) == [*TABLE_COLUMNS, "sample"] and all(len(c) == 1 + len(first.rows) for c in table.values())
+    assert table["model"][0] == "data" and table["degenerate"][0] is False and table["nfe"][1:] == [
+        r["nfe"] for r in first.rows]
+    assert table["gen_ppl"] == [first.reference["gen_ppl"], *(r["gen_ppl"] for r in first.rows)]
+    assert table["degenerate"][1:] == [r["degenerate"] for r in first.rows]
+    assert table["sample"][1] == first.rows[0]["samples"][0]
+
+
+def test_a_version_below_the_floor_is_tagged_and_described_degenerate(first) -> None:
+    """The rule is :func:`flm.eval.floor.is_degenerate` on the row at promote_nfe: entropy < floor x held-out."""
+    reference = first.reference["entropy"]
+    rows = [{**r, "entropy": 0.5 * reference} if r["model"] == "fmlm" else r for r in first.rows]
+    below = version_tags("fmlm", rows, first.reference, PARAMS, "smollm2") | {"eval.run_id": "abc"}
+    above = version_tags("fmlm", rows, first.reference, PARAMS.model_copy(update={"entropy_floor": 0.4}), "smollm2")
+    assert (below[DEGENERATE], above[DEGENERATE]) == ("true", "false")
+    text = stage.evaluation_text(below)
+    assert text.startswith(f"Gen PPL {float(below[tags.GEN_PPL]):.2f} at NFE 2 (`flow_map`, judge smollm2")
+    flag = "**degenerate** (below 0.8 x held-out)"
+    assert f"entropy {0.5 * reference:.2f} nats (held-out {reference:.2f}), {flag}" in text
+    assert text.endswith("; run `abc`.") and "degenerate" not in stage.evaluation_text(above)
 
 
 def test_the_reference_protocol_scores_whole_blocks_and_names_itself(project: Path) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from flm.eval.judge import SMOLLM2_CACHE
+from flm.eval.stage import DEGENERATE
 from flm.registry import promote as tags
-from flm.registry.publish import WEIGHTS_TAG, weights_sha256
+from flm.registry.publish import EVALUATION, WEIGHTS_TAG, weights_sha256
 from tests.conftest import LoadedJudge, one_thread
 
 from .conftest import TOKENS_MD5, tiny_params
@@ -39,6 +40,11 @@ def test_evaluate_flow_writes_outputs_run_and_version_tags(evaluated: dict, trai
                  "gen_ppl_vs_nfe.png", "gen_ppl_vs_entropy.png"):
         assert (report / name).is_file(), name
     metrics = json.loads((project / "metrics" / "eval.json").read_text())["eval"]
+    flagged = sorted({m for m, by_variant in metrics.items() if m in ("flm", "fmlm") for by_nfe in by_variant.values()
+                      for row in by_nfe.values() if row["degenerate"]})
+    note = (report / "report.md").read_text().split("## Every row")[0]
+    assert ("Degenerate rows (entropy below the floor): none." in note) == (not flagged)
+    assert all(f" {model} (" in note or f": {model} (" in note for model in flagged)
     assert metrics == evaluated["metrics"]["eval"] and set(metrics) == {"protocol", "reference", "flm", "fmlm"}
     assert metrics["protocol"] == "document"
     assert set(metrics["fmlm"]) == {"flow_map", "flow_map renoise=0.8"}
@@ -49,12 +55,23 @@ def test_evaluate_flow_writes_outputs_run_and_version_tags(evaluated: dict, trai
     assert run.data.tags["prefect.flow_run_id"] and run.data.tags["git.commit"]
     assert run.data.params["eval.n_samples"] == "2" and run.data.params["eval.judge"] == "smollm2"
     assert run.data.params["eval.protocol"] == run.data.tags["protocol"] == "document"
-    logged = run.data.metrics
-    assert logged["gen_ppl/flm/nfe_2"] == pytest.approx(metrics["flm"]["euler"]["nfe=2"]["gen_ppl"])
-    renoised = metrics["fmlm"]["flow_map renoise=0.8"]["nfe=1"]
-    assert logged["entropy/fmlm_renoise/nfe_1"] == pytest.approx(renoised["entropy"])
+    assert mlflow_client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
+    logged = run.data.metrics  # a few summary metrics, at promote_nfe; every row is in the table
+    assert set(logged) == {"gen_ppl/flm", "entropy/flm", "gen_ppl/fmlm", "entropy/fmlm", "gen_ppl/data",
+                           "entropy/data"}
+    assert logged["gen_ppl/flm"] == pytest.approx(metrics["flm"]["euler"]["nfe=2"]["gen_ppl"])
+    assert logged["entropy/fmlm"] == pytest.approx(metrics["fmlm"]["flow_map"]["nfe=2"]["entropy"])
     assert logged["gen_ppl/data"] == pytest.approx(metrics["reference"]["gen_ppl"])
-    assert "sec_per_seq/flm/nfe_1" in logged
+    table = _table(mlflow_client, run.info.run_id)
+    assert len(table) == 1 + sum(len(by_nfe) for model in ("flm", "fmlm") for by_nfe in metrics[model].values())
+    assert (table[0]["model"], table[0]["degenerate"]) == ("data", False)
+    for key in ("gen_ppl", "entropy", "nll_per_byte", "ci_low", "ci_high"):
+        assert table[0][key] == pytest.approx(metrics["reference"][key])
+    for row in table[1:]:
+        want = metrics[row["model"]][row["variant"]][f"nfe={row['nfe']}"]
+        for key in ("gen_ppl", "entropy", "nll_per_byte", "nll_per_byte_low", "ci_high", "degenerate"):
+            assert row[key] == pytest.approx(want[key]), (row["model"], row["variant"], row["nfe"], key)
     artifacts = {item.path for item in mlflow_client.list_artifacts(run.info.run_id, "eval")}
     assert {"eval/report.md", "eval/gen_ppl_vs_nfe.png", "eval/gen_ppl_vs_entropy.csv"} <= artifacts
 
@@ -66,6 +83,26 @@ def test_evaluate_flow_writes_outputs_run_and_version_tags(evaluated: dict, trai
         assert float(found[tags.GEN_PPL]) == pytest.approx(metrics[name][variant]["nfe=2"]["gen_ppl"])
         assert float(found[tags.REFERENCE_ENTROPY]) == pytest.approx(metrics["reference"]["entropy"])
         assert (found[tags.PROMOTE_NFE], found[tags.VARIANT], found["eval.run_id"]) == ("2", variant, run.info.run_id)
+        degenerate = metrics[name][variant]["nfe=2"]["degenerate"]
+        assert found[DEGENERATE] == str(degenerate).lower()
+        described = mlflow_client.get_model_version(name, version).description
+        stage = "train_flm" if name == "flm" else "distill_fmlm"
+        assert described.startswith(f"Trained by stage `{stage}`, profile `laptop`, step 8 in MLflow run "), described
+        assert f"Data (DVC md5): `data/tokens` {TOKENS_MD5[:12]}" in described
+        assert described.count(EVALUATION) == 1 and described.endswith(f"; run `{run.info.run_id}`.")
+        gen_ppl = f"Gen PPL {metrics[name][variant]['nfe=2']['gen_ppl']:.2f} at NFE 2"
+        assert gen_ppl in described and ("**degenerate**" in described) == degenerate
+
+
+def _table(client: Any, run_id: str) -> list[dict[str, Any]]:
+    """The evaluation's table artifact, read back as rows."""
+    import tempfile
+
+    from pipelines.evaluate_stage import TABLE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = json.loads(Path(client.download_artifacts(run_id, TABLE, tmp)).read_text())
+    return [dict(zip(data["columns"], values, strict=True)) for values in data["data"]]
 
 
 def test_the_renoised_variant_samples_differently_from_the_same_noise(evaluated: dict, project: Path) -> None:
