@@ -522,6 +522,22 @@ class ClusterParams(Frozen):
     """GPUs per worker (0: CPU)."""
     cpus_per_worker: int = Field(2, ge=1)
     """CPU cores per worker."""
+    storage_path: str | None = None
+    """Where Ray Train persists results and every reported checkpoint: a local or NFS path, or an object-store
+    URI (``s3://bucket/prefix``, ``gs://...``); shared by all nodes on a multi-node cluster. ``None``: the
+    project's ``.state/ray/results``."""
+    storage_endpoint: str | None = None
+    """The ``http(s)://`` endpoint of an S3-compatible store (MinIO, Ceph, ...) for an ``s3://`` storage_path;
+    ``None``: AWS's own (credentials from the usual ``AWS_*`` environment)."""
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> ClusterParams:
+        from flm.distributed.storage import storage_problem
+
+        problem = storage_problem(self.storage_path, self.storage_endpoint)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 # --------------------------------------------------------------------------- the tree

@@ -13,9 +13,12 @@ Every checkpoint's meta records its ``model_kind`` (``flm``, ``fmlm``, ``ar``, `
 Each stage opens an MLflow run (experiment ``flm``; sqlite store under ``.state/mlflow`` unless
 ``MLFLOW_TRACKING_URI`` says otherwise), logs its params, per-step metrics, sample snapshots and
 the final checkpoint directory. Intermediate checkpoints live in ``.state/runs/<stage>/<run_key>``
-(not a DVC output, so DVC never deletes them): ``run_key`` hashes everything the run depends on,
-so rerunning a killed stage resumes exactly where it stopped, and a changed parameter starts a
-fresh run. The stage functions are importable (Prefect flows and Ray workers call them).
+(not a DVC output, so DVC never deletes them; ``$FLM_RUN_CACHE/<stage>/<run_key>`` where that
+variable is set, e.g. to a node's local disk on a cluster): ``run_key`` hashes everything the run
+depends on, so rerunning a killed stage resumes exactly where it stopped, and a changed parameter
+starts a fresh run. Under Ray, ``checkpoints=`` (:class:`flm.train.checkpoint.CheckpointSync`)
+makes Ray's storage the shared copy and that directory a cache. The stage functions are importable
+(Prefect flows and Ray workers call them).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -39,7 +43,7 @@ from flm.data.blocks import TokenBlocks
 from flm.data.errors import DataError, OutputError
 from flm.tracking import NullTracker, Tracker, make_tracker
 from flm.train.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from flm.train.checkpoint import load_backbone, read_meta, require_kind
+from flm.train.checkpoint import CheckpointSync, load_backbone, read_meta, require_kind
 from flm.train.loop import LoopResult, train_loop
 
 MODEL_NAMES = {"train_flm": "flm", "distill_fmlm": "fmlm", "train_ar": "ar", "train_mdlm": "mdlm"}
@@ -69,6 +73,11 @@ class StageResult:
 
 def _run_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_cache(paths: StagePaths) -> Path:
+    """Where the runs' checkpoints are kept on this machine: ``$FLM_RUN_CACHE``, else ``<state>/runs``."""
+    return Path(os.environ.get("FLM_RUN_CACHE") or paths.state / "runs")
 
 
 def _device() -> torch.device:
@@ -126,6 +135,7 @@ def _run(
     progress: bool,
     rank: int,
     world_size: int,
+    checkpoints: CheckpointSync | None = None,
 ) -> StageResult:
     """Train, export the final checkpoint to ``models/<name>``, write the metrics, log everything."""
     name = MODEL_NAMES[stage]
@@ -141,9 +151,9 @@ def _run(
         tracker.set_tags({"stage": stage, "run_key": run_key, "profile": params.profile})
         tracker.log_params(key_parts)
         result = train_loop(
-            objective, backbone_name, settings, train, val, paths.state / "runs" / name / run_key,
+            objective, backbone_name, settings, train, val, run_cache(paths) / name / run_key,
             meta=meta, tracker=tracker, rank=rank, world_size=world_size, device=next(objective.parameters()).device,
-            decode=_decoder(paths), progress=progress, desc=name,
+            decode=_decoder(paths), progress=progress, desc=name, checkpoints=checkpoints,
         )
         final = paths.models / name
         if rank == 0:
@@ -174,6 +184,7 @@ def _run(
 def train_flm(
     params: Params, paths: StagePaths | None = None, tracker: Tracker | None = None, progress: bool = True,
     rank: int = 0, world_size: int = 1, device: str | torch.device | None = None,
+    checkpoints: CheckpointSync | None = None,
 ) -> StageResult:
     """Stage ``train_flm``: FLM pretraining on ``data/tokens`` -> ``models/flm``, ``metrics/flm.json``."""
     from flm.model import DiT
@@ -195,12 +206,13 @@ def train_flm(
         "vocab_size": vocab_size,
     }
     return _run("train_flm", objective, "backbone", params, params.train, key, paths, tracker, progress, rank,
-                world_size)
+                world_size, checkpoints)
 
 
 def distill_fmlm(
     params: Params, paths: StagePaths | None = None, tracker: Tracker | None = None, progress: bool = True,
     rank: int = 0, world_size: int = 1, device: str | torch.device | None = None,
+    checkpoints: CheckpointSync | None = None,
 ) -> StageResult:
     """Stage ``distill_fmlm``: FMLM from the EMA weights of ``models/flm`` -> ``models/fmlm``, ``metrics/fmlm.json``."""
     from flm.objectives import FMLMDistillation
@@ -224,13 +236,14 @@ def distill_fmlm(
         "teacher_step": teacher_meta["step"],
         "data_fingerprint": TokenBlocks(paths.tokens, "train").meta.get("source_fingerprint"),
     }
-    return _run("distill_fmlm", objective, "student", params, d, key, paths, tracker, progress, rank, world_size)
+    return _run("distill_fmlm", objective, "student", params, d, key, paths, tracker, progress, rank, world_size,
+                checkpoints)
 
 
 def _train_baseline(
     stage: str, make_objective: Callable[[Any], torch.nn.Module], n_times: int, causal: bool, params: Params,
     paths: StagePaths | None, tracker: Tracker | None, progress: bool, rank: int, world_size: int,
-    device: str | torch.device | None,
+    device: str | torch.device | None, checkpoints: CheckpointSync | None = None,
 ) -> StageResult:
     """A baseline on ``data/tokens``: the shared ``model`` shape with ``V + 1`` ids (MATH.md §6)."""
     from flm.model import DiT
@@ -250,12 +263,14 @@ def _train_baseline(
         "data_fingerprint": blocks.meta.get("source_fingerprint"),
         "vocab_size": blocks.vocab_size,
     }
-    return _run(stage, objective, "backbone", params, settings, key, paths, tracker, progress, rank, world_size)
+    return _run(stage, objective, "backbone", params, settings, key, paths, tracker, progress, rank, world_size,
+                checkpoints)
 
 
 def train_ar(
     params: Params, paths: StagePaths | None = None, tracker: Tracker | None = None, progress: bool = True,
     rank: int = 0, world_size: int = 1, device: str | torch.device | None = None,
+    checkpoints: CheckpointSync | None = None,
 ) -> StageResult:
     """Stage ``train_ar``: the AR baseline (causal, no time input) -> ``models/ar``, ``metrics/ar.json``."""
     from flm.objectives import ARObjective
@@ -263,12 +278,14 @@ def train_ar(
     def make(backbone: Any) -> torch.nn.Module:
         return ARObjective(backbone, ce_chunk=params.ar.ce_chunk)
 
-    return _train_baseline("train_ar", make, 0, True, params, paths, tracker, progress, rank, world_size, device)
+    return _train_baseline("train_ar", make, 0, True, params, paths, tracker, progress, rank, world_size, device,
+                           checkpoints)
 
 
 def train_mdlm(
     params: Params, paths: StagePaths | None = None, tracker: Tracker | None = None, progress: bool = True,
     rank: int = 0, world_size: int = 1, device: str | torch.device | None = None,
+    checkpoints: CheckpointSync | None = None,
 ) -> StageResult:
     """Stage ``train_mdlm``: the MDLM baseline (bidirectional, timed) -> ``models/mdlm``, ``metrics/mdlm.json``."""
     from flm.objectives import MDLMObjective
@@ -276,7 +293,8 @@ def train_mdlm(
     def make(backbone: Any) -> torch.nn.Module:
         return MDLMObjective(backbone, eps=params.mdlm.eps, ce_chunk=params.mdlm.ce_chunk)
 
-    return _train_baseline("train_mdlm", make, 1, False, params, paths, tracker, progress, rank, world_size, device)
+    return _train_baseline("train_mdlm", make, 1, False, params, paths, tracker, progress, rank, world_size, device,
+                           checkpoints)
 
 
 STAGES = {"train_flm": train_flm, "distill_fmlm": distill_fmlm, "train_ar": train_ar, "train_mdlm": train_mdlm}

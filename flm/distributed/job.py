@@ -6,11 +6,20 @@ into a ``ray.train.torch.TorchTrainer`` whose workers run :func:`flm.distributed
 (gloo on CPU, NCCL on GPUs); :func:`run_stage` connects to Ray, fits, and returns the persisted
 final checkpoint with the reported metrics.
 
-Fault tolerance (Ray Train V2): ``FailureConfig(max_failures)`` restarts the whole worker group
-after a worker error; the stage then resumes from the newest checkpoint in its run directory
-(``<state>/runs/...``, on the shared filesystem of a local run or a cluster with shared storage).
-Resuming a killed *driver* is rerunning the same ``RunConfig(name, storage_path)``: keep ``name``
-stable (the Prefect flow uses its flow-run id). ``resume_from_checkpoint=`` raises in V2.
+Storage: ``RunConfig(storage_path)`` is ``cluster.storage_path`` (a shared path or an object-store
+URI; default ``<state>/ray/results``), with a pyarrow ``S3FileSystem`` at ``cluster.storage_endpoint``
+for an S3-compatible store (:mod:`flm.distributed.storage`). :func:`run_stage` writes, reads and
+deletes a probe object there before Ray starts, so a storage that cannot work fails in seconds.
+
+Fault tolerance and resume (Ray Train V2): rank 0 reports every periodic checkpoint (every
+``ckpt_every`` steps) to Ray, which uploads it to the storage (the newest ``keep_checkpoints``
+are kept). ``FailureConfig(max_failures)`` restarts the whole worker group after a worker error
+or a lost node, wherever Ray places it; every worker then installs ``ray.train.get_checkpoint()``
+(the newest checkpoint in the storage) in its node's local run directory, a cache, and resumes
+from it exactly, so a failure costs at most ``ckpt_every`` steps. Resuming a killed *driver*, head
+node or cluster is rerunning the same ``RunConfig(name, storage_path)``: Ray restores the run's
+checkpoint list from the storage. Keep ``name`` stable (:func:`~flm.distributed.storage.stable_run_name`
+of the stage and its inputs). ``resume_from_checkpoint=`` raises in V2.
 
 ``workers=0`` runs the training function in this process (Ray's local mode: no actors, no
 process group): a fast path for tests and debugging.
@@ -25,6 +34,7 @@ from typing import Any
 
 from flm.distributed.relay import relay_lines
 from flm.distributed.runtime import ray_address, ray_session
+from flm.distributed.storage import check_storage, storage_filesystem
 from flm.distributed.worker import StageOutput, TrackerFactory, WorkerTask, train_worker
 
 __all__ = ["JobOutcome", "RayJobSpec", "build_trainer", "run_stage"]
@@ -38,6 +48,9 @@ class RayJobSpec:
         name: ``RunConfig.name``; rerunning the same name and storage resumes that run.
         storage_path: where Ray persists results and reported checkpoints (a shared path or a
             cloud URI such as ``s3://bucket/flm`` on a multi-node cluster).
+        storage_endpoint: the ``http(s)://`` endpoint of an S3-compatible store (``None``: AWS or
+            the URI's own filesystem).
+        keep_checkpoints: reported checkpoints kept in the storage (``CheckpointConfig.num_to_keep``).
         workers: data-parallel workers (``0``: run in this process, Ray's local mode).
         cpus_per_worker, gpus_per_worker: resources of each worker (GPUs > 0 selects NCCL).
         max_failures: worker-group restarts tolerated before the run fails.
@@ -47,6 +60,8 @@ class RayJobSpec:
 
     name: str
     storage_path: str
+    storage_endpoint: str | None = None
+    keep_checkpoints: int = 2
     workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
@@ -65,11 +80,13 @@ class RayJobSpec:
     def from_cluster(cls, cluster: Any, name: str, storage_path: str | Path, **overrides: Any) -> RayJobSpec:
         """A spec from the ``cluster`` params section (``workers``, ``cpus_per_worker``, ...).
 
+        ``storage_path`` is the default storage: ``cluster.storage_path`` replaces it when set.
         Fields this section does not (yet) have keep their defaults unless given in ``overrides``.
         """
-        known = {"workers", "cpus_per_worker", "gpus_per_worker", "max_failures", "address"}
+        known = {"workers", "cpus_per_worker", "gpus_per_worker", "max_failures", "address", "storage_path",
+                 "storage_endpoint"}
         values = {key: getattr(cluster, key) for key in known if getattr(cluster, key, None) is not None}
-        return cls(name=name, storage_path=str(storage_path), **(values | overrides))
+        return cls(name=name, **({"storage_path": str(storage_path)} | values | overrides))
 
 
 @dataclass(frozen=True)
@@ -91,11 +108,13 @@ def build_trainer(task: WorkerTask, spec: RayJobSpec) -> Any:
     resources = {"CPU": spec.cpus_per_worker} | ({"GPU": spec.gpus_per_worker} if spec.use_gpu else {})
     scaling = ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
                             resources_per_worker=resources if spec.workers else None)
+    storage_path, filesystem = storage_filesystem(spec.storage_path, spec.storage_endpoint)
     run = RunConfig(
         name=spec.name,
-        storage_path=spec.storage_path,
+        storage_path=storage_path,
+        storage_filesystem=filesystem,
         failure_config=FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=1),
+        checkpoint_config=CheckpointConfig(num_to_keep=max(1, spec.keep_checkpoints)),
         worker_runtime_env={"env_vars": dict(spec.env)} if spec.env else None,
     )
     return TorchTrainer(
@@ -134,7 +153,7 @@ def run_stage(
     """Run one training stage on Ray and wait for it.
 
     Args:
-        stage: picklable ``stage(params, tracker=, rank=, world_size=, device=)`` (see
+        stage: picklable ``stage(params, tracker=, rank=, world_size=, device=, checkpoints=)`` (see
             :mod:`flm.distributed.worker`); paths inside it must be absolute.
         params: the validated :class:`flm.config.Params` (sent to the workers as JSON).
         spec: workers, resources, failures, storage, cluster.
@@ -144,16 +163,18 @@ def run_stage(
 
     Raises:
         ray.train.TrainingFailedError: the run failed more than ``spec.max_failures`` times.
-        flm.errors.UsageError: the cluster cannot hold the requested workers (one line).
+        flm.errors.UsageError: the cluster cannot hold the requested workers, or the storage cannot be
+            written (one line naming ``cluster.storage_path``), before any training.
+        flm.errors.UnreachableError: the storage's endpoint does not answer (before any training).
     """
-    if "://" not in spec.storage_path:
-        Path(spec.storage_path).mkdir(parents=True, exist_ok=True)
+    check_storage(spec.storage_path, spec.storage_endpoint)  # creates a local storage directory
     # an embedded Ray shares this filesystem: rank 0's output reaches this process through a file
     local = ray_address(spec.address) is None
     progress = Path(state_dir).resolve() / "ray" / "progress" / f"{spec.name}.log" if local else None
     task = WorkerTask(stage=stage, params=params.model_dump(mode="json"), tracking_uri=tracking_uri,
                       run_id=run_id, tracker_factory=tracker_factory,
-                      progress_file=str(progress) if progress and spec.workers > 0 else None)
+                      progress_file=str(progress) if progress and spec.workers > 0 else None,
+                      share_checkpoints=spec.workers > 0)
     cpus = spec.local_cpus or max(2, int(spec.cpus_per_worker * max(spec.workers, 1)))
     if spec.workers == 0 and spec.address is None:
         result = build_trainer(task, spec).fit()          # local mode: in this process, no Ray needed

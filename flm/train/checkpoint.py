@@ -23,10 +23,12 @@ config's names and shapes. Anything else, and a truncated or foreign ``*.safeten
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -51,6 +53,8 @@ __all__ = [
     "KIND_CONFIG",
     "MODEL_KINDS",
     "CheckpointError",
+    "CheckpointSync",
+    "adopt_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
     "load_backbone",
@@ -74,6 +78,22 @@ _NAME = re.compile(r"^ckpt-(\d{8})$")
 
 class CheckpointError(DataError):
     """A checkpoint that is missing, unreadable or not what it says it is; the message names the file."""
+
+
+class CheckpointSync(Protocol):
+    """A shared copy of a run's checkpoints beside its local run directory (e.g. Ray Train's storage).
+
+    With one, the local run directory is a cache: every rank resumes from the checkpoint :meth:`fetch`
+    installs (the same on every rank, whatever each node's cache holds), and every periodic checkpoint
+    is handed to :meth:`saved` (on every rank, at the same steps: the sync may be a collective).
+    """
+
+    def fetch(self, run_dir: Path, run_key: str | None) -> Path | None:
+        """Install the newest shared checkpoint of ``run_key`` in ``run_dir`` (:func:`adopt_checkpoint`);
+        return it, or ``None``: start from step 0."""
+
+    def saved(self, step: int, checkpoint: Path | None, metrics: dict[str, float]) -> None:
+        """Share the checkpoint just written at ``step`` (``None`` on ranks that do not write)."""
 
 
 def _tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -135,6 +155,44 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run, or ``None``."""
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def adopt_checkpoint(source: str | Path | None, run_dir: str | Path, run_key: str | None) -> Path | None:
+    """Make ``run_dir`` resume from ``source`` (a checkpoint from shared storage), exactly.
+
+    ``source`` is copied to ``run_dir/ckpt-<step>`` unless that exists (a local copy of the same
+    state: the run directory is keyed by ``run_key``); the copy goes into a unique sibling renamed
+    into place, so ranks sharing a node may adopt the same checkpoint at once. Local checkpoints
+    newer than ``source`` are deleted (every rank must resume from the same step, and they would
+    outrank the checkpoints written next). ``source=None``, or one whose ``run_key`` differs from
+    ``run_key`` (a log line says so): no resume, every local checkpoint is deleted.
+
+    Returns:
+        The checkpoint to resume from, or ``None``: start from step 0.
+    """
+    run_dir = Path(run_dir)
+    step = None
+    if source is not None:
+        meta = read_meta(source)
+        if run_key is not None and meta.get("run_key") != run_key:
+            print(f"checkpoint {source} belongs to run_key {meta.get('run_key')}, not {run_key}: "
+                  "not resuming from it, starting from step 0", flush=True)
+        else:
+            step = int(meta["step"])
+    for local in list_checkpoints(run_dir):
+        if step is None or int(_NAME.match(local.name).group(1)) > step:
+            shutil.rmtree(local, ignore_errors=True)
+    if step is None:
+        return None
+    final = run_dir / f"ckpt-{step:08d}"
+    if not final.is_dir():
+        tmp = run_dir / f".{final.name}.fetch-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(source, tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another rank on this node installed it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def read_meta(checkpoint_dir: str | Path) -> dict[str, Any]:

@@ -37,7 +37,13 @@ from flm.flow import BatchSlice
 from flm.model import compile_networks
 from flm.tracking import NullTracker, Tracker
 from flm.train.batches import BatchPlan, load_blocks, val_indices
-from flm.train.checkpoint import latest_checkpoint, read_meta, restore_checkpoint, save_checkpoint
+from flm.train.checkpoint import (
+    CheckpointSync,
+    latest_checkpoint,
+    read_meta,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from flm.train.ema import EMA
 from flm.train.simple import OptimSettings, build_optimizer, lr_at
 from flm.train.state import swapped_to_ema
@@ -123,6 +129,7 @@ def train_loop(
     decode: Callable[[list[int]], str] | None = None,
     progress: bool | Literal["lines"] = True,
     desc: str = "train",
+    checkpoints: CheckpointSync | None = None,
 ) -> LoopResult:
     """Train ``objective`` for ``settings.steps`` optimizer steps, resuming from ``run_dir`` if it holds a checkpoint.
 
@@ -143,6 +150,10 @@ def train_loop(
         progress: a tqdm bar on rank 0 (``True``), none (``False``), or ``"lines"``: one printed line
             per logging window (step, loss, it/s, time left), for output that is forwarded line by
             line (Ray workers, CI logs).
+        checkpoints: shared storage of the run's checkpoints (Ray Train's, :mod:`flm.distributed.worker`):
+            every rank resumes from the checkpoint it fetches into ``run_dir`` (``None`` fetched: step 0),
+            and it gets every periodic checkpoint before the last step on every rank, right after rank 0
+            wrote it (the caller shares the final one with its own metrics). ``None``: ``run_dir`` alone.
 
     Returns:
         A :class:`LoopResult`; the final checkpoint is ``run_dir/ckpt-<steps>``.
@@ -164,9 +175,12 @@ def train_loop(
     def autocast() -> Any:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    # ---- resume: the newest complete checkpoint of this run, if any
+    # ---- resume: the newest complete checkpoint of this run (in the shared storage when there is one), if any
     result = LoopResult(step=0, checkpoint=None)
-    checkpoint = latest_checkpoint(run_dir)
+    if checkpoints is not None:
+        checkpoint = checkpoints.fetch(run_dir, meta.get("run_key"))
+    else:
+        checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
         saved = read_meta(checkpoint)
         if "run_key" in meta and saved.get("run_key") != meta["run_key"]:
@@ -252,11 +266,15 @@ def train_loop(
         if rank == 0 and ((s.val_every and done % s.val_every == 0) or done == s.steps):
             snapshot(done)
 
-        # ---- checkpoint (rank 0), atomically; the last keep_last are kept
-        if rank == 0 and ((s.ckpt_every and done % s.ckpt_every == 0) or done == s.steps):
-            result.checkpoint = save_checkpoint(
-                run_dir, done, objective, backbone_name, ema, optimizer, generator, meta, s.keep_last
-            )
+        # ---- checkpoint (rank 0), atomically; the last keep_last are kept; shared from every rank
+        if (s.ckpt_every and done % s.ckpt_every == 0) or done == s.steps:
+            if rank == 0:
+                result.checkpoint = save_checkpoint(
+                    run_dir, done, objective, backbone_name, ema, optimizer, generator, meta, s.keep_last
+                )
+            if checkpoints is not None and done < s.steps:
+                last = result.history[-1] if result.history else {}
+                checkpoints.saved(done, result.checkpoint if rank == 0 else None, last | {"step": done})
         result.step = done
     bar.close()
     if rank == 0 and not result.val and not result.samples:

@@ -56,3 +56,36 @@ class FailEveryAttempt:
 
     def __call__(self, rank: int) -> Any:
         return FailEveryAttemptTracker(self.attempts, self.fail_at, self.limit) if rank == 0 else NullTracker()
+
+
+class MarkNodeTracker(NullTracker):
+    """Once a step past ``after`` is logged (the first time only): waits ``settle`` seconds (Ray's controller
+    registers the checkpoint reported at ``after``), writes this worker's Ray node id to ``marker`` (atomically),
+    then pauses ``pause`` seconds, during which the test kills the node."""
+
+    def __init__(self, marker: str, after: int, settle: float, pause: float) -> None:
+        self.marker, self.after, self.settle, self.pause = marker, after, settle, pause
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Mark and pause once, past ``after``."""
+        import time
+
+        import ray
+
+        marker = Path(self.marker)
+        if step > self.after and not marker.exists():
+            time.sleep(self.settle)
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(f"{ray.get_runtime_context().get_node_id()} {step}", encoding="utf-8")
+            tmp.rename(marker)
+            time.sleep(self.pause)
+
+
+class MarkNode:
+    """``rank -> tracker``: rank 0 marks its node (:class:`MarkNodeTracker`); other ranks do nothing."""
+
+    def __init__(self, marker: str, after: int, settle: float = 3.0, pause: float = 60.0) -> None:
+        self.marker, self.after, self.settle, self.pause = marker, after, settle, pause
+
+    def __call__(self, rank: int) -> Any:
+        return MarkNodeTracker(self.marker, self.after, self.settle, self.pause) if rank == 0 else NullTracker()
