@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_DATASETS_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test lint data demo ui
+.PHONY: setup run test lint data demo ui mlflow
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -48,3 +48,9 @@ data: setup
 # Not inside tools/offline: your browser must reach it. Telemetry is off (flm.environment).
 ui: setup
 	$(PY) -m pipelines.serve
+
+# The MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over the project's store (.state/mlflow), telemetry off, nothing
+# written outside the project (Ctrl-C stops it). Not inside tools/offline: your browser must reach it.
+MLFLOW_PORT ?= 5000
+mlflow: setup
+	$(PY) -m pipelines.mlflow_ui --port $(MLFLOW_PORT)

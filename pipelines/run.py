@@ -9,7 +9,8 @@ It then runs the flow (through the Prefect engine: an ephemeral API server unles
 A user's mistake ends with exit status 2 and one line on stderr naming the option, setting or
 path (:func:`flm.errors.expected_errors`); those that can be seen early are checked before any
 tool state, server or run exists: the parameters, ``--root``, ``--device``, workers, CPUs and GPUs
-beyond this machine (embedded Ray), an MLflow server that does not answer, and promote's
+beyond this machine (embedded Ray), a ``cluster.storage_path`` that cannot be written, an MLflow
+server that does not answer, and promote's
 ``--model``, ``--version`` and ``--metric``. Every path is relative to ``--root``, never to the
 current directory.
 """
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="flm", help="promote: registered model name")
     parser.add_argument("--version", type=_positive, default=None, help="promote: candidate version (default newest)")
     parser.add_argument("--metric", default="gen_ppl", help="promote: gen_ppl (evaluation tags) or val_loss")
+    parser.add_argument("--all", action="store_true", dest="all_models",
+                        help="promote: every model of eval.models, the version holding models/<name> (the DVC stage)")
     parser.add_argument("--device", default=None, help="evaluate: cpu | cuda | cuda:N (default: cuda if available)")
     return parser
 
@@ -74,12 +77,16 @@ def _preflight(args: argparse.Namespace, params: Any) -> None:
         args.device = resolve_device(args.device)
     elif args.device is not None:
         resolve_device(args.device)
-    if params is not None and args.flow != "evaluate":
+    if params is not None and args.flow not in ("evaluate", "promote"):
         from flm.distributed.runtime import check_local_resources
 
         cluster = params.cluster
         check_local_resources(cluster.workers if args.workers is None else args.workers, cluster.cpus_per_worker,
                               cluster.gpus_per_worker, args.ray_address)
+        if cluster.storage_path is not None:  # a bucket that does not exist, an endpoint that does not answer
+            from flm.distributed.storage import check_storage
+
+            check_storage(cluster.storage_path, cluster.storage_endpoint)
     uri = default_tracking_uri(Path(args.root) / ".state")
     if args.flow == "promote":  # promote only reads: the store must exist
         check_store(uri)
@@ -109,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flm.config import ConfigError, load_params
 
     try:  # bad parameters fail here, before any tool state, server or run exists
-        params = None if args.flow == "promote" else load_params(Path(args.root) / args.params, profile=args.profile)
+        reads_params = args.flow != "promote" or args.all_models or args.metric == "gen_ppl"
+        params = load_params(Path(args.root) / args.params, profile=args.profile) if reads_params else None
         if params is not None and args.workers is not None and (problem := params.batch_split_problem(args.workers)):
             raise ConfigError(f"--workers {args.workers}: {problem}")
     except ConfigError as err:
@@ -129,13 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = hermetic(Path(args.root) / ".state")
 
     try:
-        if args.flow == "promote":
+        if args.flow == "promote" and not args.all_models:
             _check_promotion(args, state)  # an unknown model, version or metric: before Prefect is imported
         from pipelines.flows import FLOWS
 
-        if args.flow == "promote":
+        if args.flow == "promote" and args.all_models:
+            result = FLOWS["promote"](root=args.root, params=params, all_models=True)
+        elif args.flow == "promote":
             result = FLOWS["promote"](model=args.model, version=args.version, metric=args.metric, root=args.root,
-                                      params_file=args.params, profile=args.profile)
+                                      params=params)
         elif args.flow == "evaluate":
             result = FLOWS["evaluate"](params=params, root=args.root, device=args.device)
         else:

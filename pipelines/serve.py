@@ -2,15 +2,27 @@
 
 ``python -m pipelines.serve`` (``make ui``) starts ``prefect server start --host 127.0.0.1
 --analytics-off`` with ``PREFECT_HOME`` under ``.state/prefect``, waits for ``/api/health``, then
-serves the deployments ``train_flm/local``, ``distill_fmlm/local``, ``train_ar/local``,
-``train_mdlm/local``, ``evaluate/local`` and ``promote/local`` in this process until interrupted (the server is
-stopped with it). Open http://127.0.0.1:4200, pick a deployment, "Run" with custom parameters; or
-from a shell::
+serves one deployment per flow, named after it: ``train_flm/train_flm``, ``distill_fmlm/distill_fmlm``,
+``train_ar/train_ar``, ``train_mdlm/train_mdlm``, ``evaluate/evaluate``, ``promote/promote`` and
+``pipeline/pipeline``, until interrupted (the server is stopped with it). Runs that ``dvc repro``
+starts through ``PREFECT_API_URL`` show under the same flows, named ``<stage>-<profile>``.
 
-    PREFECT_API_URL=http://127.0.0.1:4200/api prefect deployment run train_flm/local \\
-        -p workers=2 -p 'params={"train": {"steps": 100}}' --watch
+A run starts from ``params.yaml`` (:mod:`pipelines.overrides`): each stage deployment's default
+``params`` is the current ``params.yaml`` tree, resolved for its profile, so the custom-run form shows
+the values ``dvc repro`` would use; a user edits a field there, or leaves it and sets ``overrides``
+(dotted keys, ``{"train.steps": 100}``). The deployments are re-served whenever ``params.yaml``
+changes (serving runs in a child process that is restarted then). A stage run with values other
+than ``params.yaml``'s writes its outputs under ``.state/experiments/``, never over the DVC outputs;
+the ``pipeline`` deployment runs the whole pipeline as a DVC experiment (``dvc exp run --temp -S``).
+Open http://127.0.0.1:4200, pick a deployment, "Run" with custom parameters; or from a shell::
 
-``--no-server`` serves against an existing ``PREFECT_API_URL`` (e.g. a shared Prefect server).
+    PREFECT_API_URL=http://127.0.0.1:4200/api prefect deployment run train_flm/train_flm \\
+        -p workers=2 -p 'overrides={"train.steps": 100}' --watch
+    PREFECT_API_URL=http://127.0.0.1:4200/api prefect deployment run pipeline/pipeline \\
+        -p 'overrides={"profile": "smoke"}' --watch
+
+``--no-server`` serves against an existing ``PREFECT_API_URL`` (e.g. a shared Prefect server);
+``--no-watch`` serves in this process without following ``params.yaml``.
 For a real work pool instead of this process, see ``infra/prefect/prefect.yaml``.
 """
 
@@ -27,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["deployments", "main", "start_server", "wait_healthy"]
+__all__ = ["default_params", "deployments", "main", "start_server", "supervise", "wait_healthy"]
 
 
 def wait_healthy(api_url: str, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
@@ -56,18 +68,78 @@ def start_server(port: int, state: Path, log_file: Path) -> subprocess.Popen:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def deployments(root: str) -> list[Any]:
-    """A deployment ``<flow>/local`` of every flow, with ``root`` as its default project directory."""
-    from pipelines.flows import distill_fmlm, evaluate, promote, train_ar, train_flm, train_mdlm
+def default_params(root: str | Path) -> dict[str, Any]:
+    """``<root>/params.yaml``'s tree for its own profile, as the deployments' forms show it (JSON values)."""
+    from flm.config import load_params
 
+    return load_params(Path(root) / "params.yaml").model_dump(mode="json")
+
+
+def deployments(root: str) -> list[Any]:
+    """A deployment ``<flow>/<flow>`` of every flow: ``root`` and ``params.yaml``'s current tree as defaults."""
+    from pipelines.flows import distill_fmlm, evaluate, pipeline, promote, train_ar, train_flm, train_mdlm
+
+    stage = {"root": root, "params": default_params(root), "overrides": {}}
+    flows = [(train_flm, ["train"]), (distill_fmlm, ["distill"]), (train_ar, ["train", "baseline"]),
+             (train_mdlm, ["train", "baseline"]), (evaluate, ["eval"])]
     return [
-        train_flm.to_deployment(name="local", parameters={"root": root}, tags=["flm", "train"]),
-        distill_fmlm.to_deployment(name="local", parameters={"root": root}, tags=["flm", "distill"]),
-        train_ar.to_deployment(name="local", parameters={"root": root}, tags=["flm", "train", "baseline"]),
-        train_mdlm.to_deployment(name="local", parameters={"root": root}, tags=["flm", "train", "baseline"]),
-        evaluate.to_deployment(name="local", parameters={"root": root}, tags=["flm", "eval"]),
-        promote.to_deployment(name="local", parameters={"root": root}, tags=["flm", "registry"]),
+        *(f.to_deployment(name=f.name, parameters=stage, tags=["flm", *tags]) for f, tags in flows),
+        promote.to_deployment(name=promote.name, parameters={"root": root}, tags=["flm", "registry"]),
+        pipeline.to_deployment(name=pipeline.name, parameters={"root": root, "overrides": {}},
+                               tags=["flm", "pipeline", "dvc"]),
     ]
+
+
+def _serve_here(root: Path) -> None:
+    """Serve the deployments in this process until interrupted."""
+    from prefect import serve
+
+    serve(*deployments(str(root)))
+
+
+def _stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def supervise(root: Path, poll: float = 2.0) -> int:
+    """Serve in a child process; restart it (re-serving the deployments) whenever ``params.yaml`` changes.
+
+    Returns the child's exit status once it exits on its own (a broken ``params.yaml`` is waited out: the
+    child is restarted on the next change).
+    """
+    params_file = root / "params.yaml"
+    command = [sys.executable, "-m", "pipelines.serve", "--no-server", "--no-watch", "--root", str(root)]
+    seen = _mtime(params_file)
+    child = subprocess.Popen(command)
+    try:
+        while True:
+            time.sleep(poll)
+            now = _mtime(params_file)
+            if now != seen:
+                seen = now
+                print(f"{params_file} changed: re-serving the deployments", flush=True)
+                _stop(child)
+                child = subprocess.Popen(command)
+            elif child.poll() is not None:
+                print(f"serving exited with status {child.returncode}; waiting for {params_file} to change",
+                      flush=True)
+                while _mtime(params_file) == seen:
+                    time.sleep(poll)
+    finally:
+        if child.poll() is None:
+            _stop(child)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -83,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--root", default=".", help="project directory the flows run in")
     parser.add_argument("--no-server", action="store_true", help="serve against an existing PREFECT_API_URL")
+    parser.add_argument("--no-watch", action="store_true", help="serve in this process; do not follow params.yaml")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     state = hermetic(root / ".state")
@@ -99,18 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"Prefect UI: http://127.0.0.1:{args.port}  (server log: {state / 'prefect' / 'server.log'})", flush=True)
     try:
-        from prefect import serve
-
-        serve(*deployments(str(root)))
+        if args.no_watch:
+            _serve_here(root)
+        else:
+            supervise(root)
     except KeyboardInterrupt:
         pass
     finally:
         if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            _stop(server)
     return 0
 
 

@@ -22,9 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from flm.eval.floor import entropy_limit, is_degenerate
+from flm.registry.publish import with_section
+
 __all__ = [
     "ALIAS", "ENTROPY", "GEN_PPL", "GEN_PPL_PROTOCOL", "JUDGE", "PROMOTE_NFE", "REFERENCE_ENTROPY", "VARIANT",
-    "Decision", "check_request", "promote",
+    "Decision", "champion", "check_request", "promote",
 ]
 
 ALIAS = "champion"
@@ -39,6 +42,8 @@ JUDGE, PROMOTE_NFE, VARIANT = "eval.judge", "eval.promote_nfe", "eval.variant"
 GEN_PPL_PROTOCOL = "eval.protocol"
 """Version tag: how samples became judged text (``eval.protocol``: ``document`` or ``reference``)."""
 PROTOCOL = (JUDGE, PROMOTE_NFE, VARIANT, GEN_PPL_PROTOCOL)
+PROMOTION = "**Promotion:**"
+"""The heading of the version description's paragraph that holds the latest decision."""
 
 
 @dataclass(frozen=True)
@@ -80,14 +85,15 @@ def _eval_score(client: Any, name: str, version: str, nfe: int | None, entropy_f
     value, entropy, reference = (float(found[key]) for key in (GEN_PPL, ENTROPY, REFERENCE_ENTROPY))
     if nfe is not None and found.get(PROMOTE_NFE) != str(nfe):
         return _Score(value, f"version {version} was evaluated at NFE {found.get(PROMOTE_NFE)}, not {nfe}", protocol)
-    floor = entropy_floor * reference
-    if entropy < floor:
+    floor = entropy_limit(reference, entropy_floor)
+    if is_degenerate(entropy, reference, entropy_floor):
         return _Score(value, f"version {version}: entropy {entropy:.3f} nats is below the floor {floor:.3f} "
                              f"({entropy_floor:g} x held-out {reference:.3f}); degenerate samples", protocol)
     return _Score(value, None, protocol)
 
 
-def _champion(client: Any, name: str, alias: str) -> str | None:
+def champion(client: Any, name: str, alias: str = ALIAS) -> str | None:
+    """The version of ``name`` holding ``alias`` (``None``: no such alias, or no such model)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -150,6 +156,9 @@ def promote(
 ) -> Decision:
     """Give ``alias`` to version ``version`` (default: the newest) of ``name`` if it beats the holder.
 
+    The decision and its reason are recorded on the candidate: tags ``promotion`` and
+    ``promotion_reason``, and the :data:`PROMOTION` paragraph of its description (the others kept).
+
     Args:
         metric: ``gen_ppl`` (the evaluation tags; always lower is better) or a run metric (``val_loss``).
         nfe: ``gen_ppl`` only: the NFE the candidate must have been evaluated at (``None``: any).
@@ -162,7 +171,7 @@ def promote(
         flm.errors.UsageError: an unknown model, version or metric (nothing is written then).
     """
     candidate = check_request(client, name, version, metric)
-    holder = _champion(client, name, alias)
+    holder = champion(client, name, alias)
     if metric == "gen_ppl":
         lower_is_better = True
         score = _eval_score(client, name, candidate, nfe, entropy_floor)
@@ -196,5 +205,7 @@ def promote(
     client.set_model_version_tag(name, candidate, "promotion", "promoted" if promoted else "refused")
     client.set_model_version_tag(name, candidate, "promotion_reason", reason)
     verdict = "Promoted to" if promoted else "Refused"
-    client.update_model_version(name, candidate, description=f"{verdict} @{alias}: {reason}")
+    described = client.get_model_version(name, candidate).description  # keep the training and evaluation paragraphs
+    client.update_model_version(name, candidate, description=with_section(described, PROMOTION, f"{verdict} @{alias}: "
+                                                                                                f"{reason}"))
     return Decision(name, candidate, promoted, reason, holder, value, best.value if best is not None else None)

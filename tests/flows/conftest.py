@@ -100,5 +100,5 @@ def trained(prefect_harness: None, project: Path) -> dict[str, Any]:
 
     params = tiny_params()
     flm = train_flm(params=params, root=str(project), workers=0)
-    fmlm = distill_fmlm(params=params.model_dump(mode="json"), root=str(project), workers=0)
+    fmlm = distill_fmlm(params=params, root=str(project), workers=0)
     return {"flm": flm, "fmlm": fmlm, "root": str(project)}

@@ -75,7 +75,8 @@ def test_gen_ppl_promotes_better_and_refuses_worse_degenerate_and_unevaluated(re
     assert not out["promoted"] and champion(client, name) == better
     assert "entropy 2.000 nats is below the floor 3.200 (0.8 x held-out 4.000)" in out["reason"]
     refused = client.get_model_version(name, degenerate)
-    assert refused.tags["promotion_reason"] == out["reason"] and refused.description.startswith("Refused @champion")
+    assert refused.tags["promotion_reason"] == out["reason"]
+    assert refused.description == f"**Promotion:** Refused @champion: {out['reason']}"  # its only paragraph
 
     other_nfe = new_version(client, name, source, **evaluated(50.0, nfe=4))
     out = decide(other_nfe)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,12 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.train.conftest import OFFLINE_ENV
-
-from .helpers import LEARNS, MARGIN, TINY_EVAL
+from .helpers import MARGIN, TINY_EVAL, dvc_clone, run
 
 REPO = Path(__file__).resolve().parents[2]
-TRACKED = ["flm", "pipelines", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore"]
 
 
 def stages() -> dict:
@@ -55,25 +50,24 @@ def test_each_training_stage_lists_exactly_its_params_sections() -> None:
     assert {f"models/{name}" for name in ("flm", "fmlm", "ar", "mdlm")} | {"data/tokens", "data/tokenizer"} <= set(
         evaluate["deps"])
     assert evaluate["outs"] == ["reports/eval"] and evaluate["metrics"] == ["metrics/eval.json"]
+    promote = all_stages["promote"]  # the last step: after evaluate, on the evaluated weights
+    assert promote["cmd"] == all_stages["train_flm"]["cmd"].replace("train_flm", "promote --all")
+    assert promote["params"] == evaluate["params"] and promote["metrics"] == ["metrics/promote.json"]
+    assert {"metrics/eval.json"} | {f"models/{name}" for name in ("flm", "fmlm", "ar", "mdlm")} <= set(promote["deps"])
+    assert "outs" not in promote and list(all_stages)[-1] == "promote"
     plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
     assert [(name, spec["x"], spec["y"]) for plot in plots for name, spec in plot.items()] == [
         ("reports/eval/gen_ppl_vs_nfe.csv", "nfe", "gen_ppl"),
         ("reports/eval/gen_ppl_vs_entropy.csv", "entropy", "gen_ppl"),
     ]
-    for stage in ("train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate"):
+    for stage in ("train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate", "promote"):
         for dep in all_stages[stage]["deps"]:
-            assert dep.startswith(("data/", "models/")) or (REPO / dep).exists(), dep
-
-
-def run(repo: Path, *args: str, env: dict[str, str]) -> str:
-    # generous: `dvc repro` trains five tiny stages in one call (160 s idle; over 300 s under strace)
-    done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=1200, check=False)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
+            assert dep.startswith(("data/", "models/", "metrics/")) or (REPO / dep).exists(), dep
 
 
 def ran(output: str) -> set[str]:
-    names = ("corpus", "tokenizer", "pack", "train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate")
+    names = ("corpus", "tokenizer", "pack", "train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate",
+             "promote")
     return {name for name in names if f"Running stage '{name}'" in output}
 
 
@@ -91,7 +85,7 @@ def check_lineage(repo: Path, tracking_uri: str, started_ms: int) -> None:
     parents = [r for r in client.search_runs([experiment.experiment_id], f"attributes.start_time >= {started_ms}")
                if "mlflow.parentRunId" not in r.data.tags]
     by_stage = {r.data.tags["stage"]: r.data.tags for r in parents}
-    assert sorted(by_stage) == sorted(["train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate"])
+    assert sorted(by_stage) == sorted(["train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate", "promote"])
     assert len(parents) == len(by_stage)
     for stage, tags in by_stage.items():
         assert (tags["git.commit"], tags["git.dirty"]) == (head, "false"), stage
@@ -101,43 +95,42 @@ def check_lineage(repo: Path, tracking_uri: str, started_ms: int) -> None:
     assert {f"dvc.models/{name}" for name in ("flm", "fmlm", "ar", "mdlm")} <= set(by_stage["evaluate"])
 
 
-@pytest.mark.slow
-def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflow_state: Path, tmp_path: Path) -> None:
-    repo = tmp_path / "clone"
-    for name in TRACKED:
-        source, target = REPO / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+def check_champions(repo: Path, tracking_uri: str, output: str, floor: float) -> None:
+    """After ``dvc repro`` on a fresh store: ``models:/<name>@champion`` resolves exactly for the models whose
+    evaluated entropy (the version's tags) passes the floor, and every refusal's reason ends the output."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    decisions = json.loads((repo / "metrics" / "promote.json").read_text())["promote"]
+    summary = output[output.rindex("promote:"):]
+    assert sorted(decisions) == sorted(TINY_EVAL["models"])
+    for name, decision in decisions.items():
+        version = client.get_model_version(name, str(decision["candidate"]))
+        entropy, reference = (float(version.tags[key]) for key in ("eval.entropy", "eval.reference_entropy"))
+        try:
+            champion = int(client.get_model_version_by_alias(name, "champion").version)
+        except MlflowException:
+            champion = None
+        if entropy >= floor * reference:
+            assert decision["promoted"] and champion == decision["candidate"], (name, decision)
         else:
-            shutil.copy2(source, target)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in LEARNS.items():
-        params[section] |= values
-    for section in ("train", "distill", "ar", "mdlm"):
-        params[section]["sample_n"] = 0
-    params["eval"] |= TINY_EVAL
-    params["cluster"]["workers"] = 0  # the flows run the stage in their own process (no Ray cluster)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_state / 'mlflow' / 'mlflow.db'}"}
-    git = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
-    run(repo, "git", "init", "-q", env=env)
-    run(repo, "git", "add", ".", env=env)
-    run(repo, *git, "commit", "-q", "-m", "clone", env=env)
-    for name in ("corpus", "tokenizer", "tokens"):  # the tiny data stands in for the data stages' outputs
-        shutil.copytree(tiny_data[name], repo / "data" / name)
-    (repo / "data" / "metrics").mkdir()
-    for name in ("corpus", "tokens"):
-        (repo / "data" / "metrics" / f"{name}.json").write_text("{}")
+            assert champion is None and not decision["promoted"] and "below the floor" in decision["reason"], name
+            assert f"{name}: no @champion (refused v{decision['candidate']}: " in summary, summary
+
+
+@pytest.mark.slow
+def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, tmp_path: Path) -> None:
+    repo = tmp_path / "clone"
+    params, env = dvc_clone(repo, tiny_data, tmp_path / "mlflow.db")  # a fresh store: no champion from other tests
     dvc = (sys.executable, "-m", "dvc")
-    run(repo, *dvc, "commit", "-f", "corpus", "tokenizer", "pack", env=env)
 
     started_ms = int(time.time() * 1000)
-    assert ran(run(repo, *dvc, "repro", env=env)) == {"train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate"}
+    output = run(repo, *dvc, "repro", env=env)
+    assert ran(output) == {"train_flm", "distill_fmlm", "train_ar", "train_mdlm", "evaluate", "promote"}
     assert (repo / "models" / "fmlm" / "checkpoint.json").is_file()
     check_lineage(repo, env["MLFLOW_TRACKING_URI"], started_ms)
+    check_champions(repo, env["MLFLOW_TRACKING_URI"], output, params["eval"]["entropy_floor"])
     ln_v = math.log(json.loads((repo / "data" / "tokens" / "meta.json").read_text())["V"])
     for name in ("flm", "fmlm", "ar", "mdlm"):  # every stage learned (an untrained head scores ln V)
         metrics = json.loads((repo / "metrics" / f"{name}.json").read_text())[name]
@@ -153,7 +146,7 @@ def test_a_changed_distill_param_reruns_only_distillation(tiny_data: dict, mlflo
     status = run(repo, *dvc, "status", env=env)
     assert status.splitlines()[0] == "distill_fmlm:" and "train_flm:" not in status
     assert [line.split() for line in status.splitlines() if "modified:" in line] == [["modified:", "distill"]]
-    assert ran(run(repo, *dvc, "repro", "--dry", env=env)) == {"distill_fmlm"}  # (evaluate follows once it has)
+    assert ran(run(repo, *dvc, "repro", "--dry", env=env)) == {"distill_fmlm"}  # (evaluate, promote follow)
     metrics = run(repo, *dvc, "metrics", "show", env=env)
     assert "flm.val_nll" in metrics and "fmlm.val_loss" in metrics
     assert "ar.val_nll" in metrics and "mdlm.val_masked_ce" in metrics
