@@ -24,13 +24,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HOST", "check_port", "main", "server_command", "server_env", "start", "stop", "wait_healthy"]
+from pipelines.serve import wait_healthy
+
+__all__ = ["HOST", "check_port", "main", "server_command", "server_env", "start", "stop"]
 
 HOST = "127.0.0.1"
 """The only interface the UI listens on."""
@@ -124,22 +124,6 @@ def start(root: Path, port: int, log_file: Path) -> subprocess.Popen:
                                 preexec_fn=_die_with_parent)
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Poll ``<url>/health`` until it answers 200; ``RuntimeError`` if ``process`` exits, else ``TimeoutError``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the MLflow server exited with status {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"no healthy MLflow server at {url} after {timeout:.0f} s")
-
-
 def stop(process: subprocess.Popen, timeout: float = 20.0) -> int:
     """SIGTERM to the server's process group, SIGKILL after ``timeout`` seconds; return its exit status."""
     with contextlib.suppress(ProcessLookupError):
@@ -177,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     url = f"http://{HOST}:{args.port}"
     try:
-        wait_healthy(url, server)
+        wait_healthy(url, process=server, name="MLflow server")
         print(f"MLflow UI: {url}  (store: {root / '.state' / 'mlflow' / 'mlflow.db'}; server log: {log_file})",
               flush=True)
         status = server.wait()

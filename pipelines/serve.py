@@ -42,12 +42,14 @@ from typing import Any
 __all__ = ["default_params", "deployments", "main", "start_server", "supervise", "wait_healthy"]
 
 
-def wait_healthy(api_url: str, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
-    """Poll ``<api_url>/health`` until it answers 200; raise ``TimeoutError`` (or if ``process`` died)."""
+def wait_healthy(api_url: str, timeout: float = 120.0, process: subprocess.Popen | None = None,
+                 name: str = "Prefect server") -> None:
+    """Poll ``<api_url>/health`` until it answers 200; ``RuntimeError`` if ``process`` (the ``name`` server)
+    exits first, ``TimeoutError`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited with status {process.returncode}")
+            raise RuntimeError(f"the {name} exited with status {process.returncode}")
         try:
             with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -55,7 +57,7 @@ def wait_healthy(api_url: str, timeout: float = 120.0, process: subprocess.Popen
         except OSError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"no healthy Prefect API at {api_url} after {timeout:.0f} s")
+    raise TimeoutError(f"no healthy {name} at {api_url} after {timeout:.0f} s")
 
 
 def start_server(port: int, state: Path, log_file: Path) -> subprocess.Popen:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import yaml
 
+from tests.pipelines.helpers import copy_project
+
 from .conftest import S3Server
 from .tiny_project import build_data, tiny_tree
 
 ROOT = Path(__file__).resolve().parents[2]
-TRACKED = ["flm", "pipelines", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore"]
 OUTPUTS = ["data/corpus", "data/tokenizer", "data/tokens", "data/metrics", "models/flm", "metrics/flm.json"]
 """What ``dvc push`` sends and ``dvc pull`` brings back: the data stages' outputs and the FLM model."""
 GIT = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
@@ -42,13 +43,7 @@ def files(root: Path, outputs: list[str]) -> list[str]:
 def test_push_then_a_fresh_clone_pulls_identical_data_and_model(s3_server: S3Server, s3_bucket: str,
                                                                  tmp_path: Path) -> None:
     repo, clone = tmp_path / "repo", tmp_path / "clone"
-    for name in TRACKED:
-        source, target = ROOT / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(source, target)
+    copy_project(repo)
     (repo / ".gitignore").write_text(".state/\n__pycache__/\n", encoding="utf-8")
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
     for section, values in tiny_tree(train={"sample_n": 0}).items():

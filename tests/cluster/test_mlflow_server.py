@@ -106,15 +106,6 @@ def mlflow_server(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory)
             process.wait(timeout=30)
 
 
-@pytest.fixture
-def restored_environ() -> Iterator[None]:
-    """The process environment as it was before the test (the flow sets tool-state variables)."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 def test_the_recipe_refuses_to_start_without_its_stores(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"HOME": str(tmp_path)}
     done = subprocess.run([str(SERVER)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)

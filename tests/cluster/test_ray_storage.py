@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cloudpickle
@@ -24,11 +25,32 @@ from flm.distributed import RayJobSpec, run_stage
 from pipelines.train_stages import StagePaths, train_flm
 from tests.cluster.conftest import S3Server
 from tests.distributed import helpers
-from tests.distributed.conftest import _hermetic, state_root, tiny_data, tiny_params  # noqa: F401  (fixtures)
+from tests.distributed.conftest import tiny_data, tiny_params  # noqa: F401  (a fixture)
 
 cloudpickle.register_pickle_by_value(helpers)
 
 PARAMS = {"train": {"steps": 12, "ckpt_every": 4, "keep_last": 1, "log_every": 2, "sample_n": 0, "lr": 1e-2}}
+
+
+@pytest.fixture(scope="module")
+def state_root() -> Iterator[Path]:
+    """A short path for Ray's files (unix socket paths must stay under 107 characters), this module's own."""
+    root = Path(tempfile.mkdtemp(prefix="flm-", dir="/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _hermetic(state_root: Path) -> Iterator[None]:
+    """Telemetry off and Ray's state in this module's directory; the environment is restored after the module,
+    so the later Ray tests start their own embedded Ray, not one pointed at this module's (gone) cluster."""
+    from flm.environment import hermetic
+
+    saved = dict(os.environ)
+    hermetic(state_root / "state")
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def stage_for(tiny_data: dict, out: Path) -> functools.partial:  # noqa: F811

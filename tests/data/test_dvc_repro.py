@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.pipelines.helpers import copy_project
+
 from .conftest import OFFLINE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
-TRACKED = ["flm", "pipelines", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore"]
 
 
 def run(repo: Path, *args: str) -> str:
@@ -44,13 +44,7 @@ def ran(output: str) -> set[str]:
 def repo(tmp_path: Path) -> Path:
     """A fresh git + DVC repository holding the project's code and pipeline files."""
     repo = tmp_path / "clone"
-    for name in TRACKED:
-        source, target = REPO / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(source, target)
+    copy_project(repo)
     # the laptop pipeline, made lighter: BBC News only, a small trained BPE (a parameter that can change), short blocks
     set_params(repo, source={"corpora": ["bbc_news"]}, tokenizer={"kind": "bpe", "vocab_size": 512},
                packing={"seq_len": 64})

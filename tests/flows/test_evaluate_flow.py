@@ -158,3 +158,28 @@ def test_promotion_reads_the_evaluation(evaluated: dict, trained: dict, mlflow_c
     out = attempt(entropy_floor=min(1.0, 0.5 * entropy / reference))
     assert not out["promoted"] and out["champion_before"] == version and "already holds @champion" in out["reason"]
     assert champion() == version
+
+
+def test_the_report_is_the_flow_runs_markdown_artifact(evaluated: dict, project: Path) -> None:
+    """The flow run that evaluated shows ``reports/eval/report.md`` in the Prefect UI (artifact ``evaluation``)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from flm.tracking import default_tracking_uri
+
+    async def artifacts() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["evaluation"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run])), sort=ArtifactSort.CREATED_DESC)
+
+    from mlflow import MlflowClient
+
+    flow_run = MlflowClient(default_tracking_uri(project / ".state")).get_run(
+        evaluated["run_id"]).data.tags["prefect.flow_run_id"]
+    found = asyncio.run(artifacts())
+    assert [a.type for a in found] == ["markdown"]
+    assert found[0].data == (project / "reports" / "eval" / "report.md").read_text(encoding="utf-8")

@@ -55,11 +55,11 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Path]:
     return client, root
 
 
-def test_passing_model_becomes_champion_failing_one_is_refused(store: tuple, prefect_harness: None,
-                                                               capsys: pytest.CaptureFixture) -> None:
+def test_passing_model_becomes_champion_failing_one_is_refused(store: tuple, prefect_harness: None) -> None:
     from mlflow.exceptions import MlflowException
 
     from pipelines.flows import promote
+    from pipelines.promote_stage import run_promote, summary_lines
 
     client, root = store
     good = register(client, root, "fmlm", entropy=3.5, gen_ppl=40.0)          # 3.5 >= 0.8 x 4.0
@@ -89,19 +89,23 @@ def test_passing_model_becomes_champion_failing_one_is_refused(store: tuple, pre
     assert run.data.tags["stage"] == "promote" and run.info.status == "FINISHED"
     assert run.data.metrics == {"promoted/fmlm": 1.0, "promoted/flm": 0.0, "promoted/ar": 0.0}
     assert [a.path for a in client.list_artifacts(out["run_id"])] == ["promote.json"]
-    printed = capsys.readouterr()
-    summary = printed.out + printed.err
-    assert f"fmlm: @champion v{good} (promoted v{good}" in summary
-    assert f"flm: no @champion (refused v{bad}: version {bad}: entropy 1.000 nats is below the floor" in summary
+    summary = summary_lines(written)
+    assert summary[0].startswith(f"fmlm: @champion v{good} (promoted v{good}: no @champion yet; gen_ppl = 40")
+    assert summary[1].startswith(f"flm: no @champion (refused v{bad}: version {bad}: entropy 1.000 nats is below "
+                                 "the floor")
+    assert summary[2] == "ar: no @champion (no registered version of 'ar' holds models/ar's weights)"
 
-    again = promote(root=str(root), params=PARAMS, all_models=True)             # rerun: nothing moves
+    logged: list[str] = []                                                      # rerun: nothing moves
+    again = run_promote(PARAMS, root, log=logged.append)
     assert again["decisions"]["fmlm"]["promoted"] is False and "already holds" in again["decisions"]["fmlm"]["reason"]
     assert again["decisions"]["fmlm"]["champion"] == int(good)
+    assert logged == ["promote:\n  " + "\n  ".join(summary_lines(again["decisions"]))]  # the stage's last words
 
 
 def test_cli_promote_all_exits_zero_and_prints_the_refusal(store: tuple, prefect_harness: None,
                                                            capsys: pytest.CaptureFixture) -> None:
-    """``python -m pipelines.run promote --all`` (the DVC stage's command): a refusal is a decision, exit 0."""
+    """``python -m pipelines.run promote --all`` (the DVC stage's command): a refusal is a decision, exit 0. (That
+    its summary ends ``dvc repro``'s output is checked by tests/pipelines/test_dvc_stages.py.)"""
     import yaml
 
     from pipelines.run import main
@@ -111,6 +115,6 @@ def test_cli_promote_all_exits_zero_and_prints_the_refusal(store: tuple, prefect
     tree = PARAMS.model_dump(mode="json") | {"eval": PARAMS.eval.model_dump(mode="json") | {"models": ["flm"]}}
     (root / "params.yaml").write_text(yaml.safe_dump(tree))
     assert main(["promote", "--all", "--root", str(root)]) == 0
-    printed = capsys.readouterr()
-    assert "flm: no @champion (refused v1" in printed.out + printed.err
-    assert json.loads(printed.out.strip().splitlines()[-1])["decisions"]["flm"]["promoted"] is False
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # the command's result line
+    assert result["decisions"]["flm"]["promoted"] is False and "below the floor" in result["decisions"]["flm"]["reason"]
+    assert json.loads((root / "metrics" / "promote.json").read_text())["promote"] == result["decisions"]

@@ -37,6 +37,17 @@ MARGIN = 0.3
 """Nats below ln V that a stage trained with LEARNS must reach (measured in the tests that use it)."""
 
 
+def copy_project(repo: Path) -> None:
+    """This checkout's code and pipeline files (:data:`TRACKED`, no caches) copied into ``repo``."""
+    for name in TRACKED:
+        source, target = REPO / name, repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target)
+
+
 def run(repo: Path, *args: str, env: dict[str, str], timeout: float = 1200) -> str:
     """Run a command in ``repo``; its stdout + stderr (a failure shows both)."""
     # generous: `dvc repro` trains five tiny stages in one call (160 s idle; over 300 s under strace)
@@ -53,13 +64,7 @@ def dvc_clone(repo: Path, tiny_data: dict[str, Path], mlflow_db: Path,
     this interpreter first on PATH, ``MLFLOW_TRACKING_URI`` on ``mlflow_db``)."""
     from tests.train.conftest import OFFLINE_ENV
 
-    for name in TRACKED:
-        source, target = REPO / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(source, target)
+    copy_project(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in LEARNS.items():
         params[section] |= values
