@@ -1,5 +1,8 @@
 """Ray Train's checkpoints on the loopback S3 server: a resubmitted run and a lost node resume from the storage.
 
+Here, beside the other Ray tests, because every Ray in one process must share its authentication token (Ray
+caches the first one it reads): these share the session's ``state_root`` and so its token.
+
 Both compare with one uninterrupted two-worker run (an embedded Ray, local storage): the final EMA weights
 must be equal bit for bit, as in the local resume test. Two gloo workers everywhere; 12 steps, a checkpoint
 every 4.
@@ -13,7 +16,6 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cloudpickle
@@ -23,37 +25,16 @@ from safetensors.torch import load_file
 
 from flm.distributed import RayJobSpec, run_stage
 from pipelines.train_stages import StagePaths, train_flm
-from tests.cluster.conftest import S3Server
+from tests.cluster.conftest import S3Server, s3_bucket, s3_server  # noqa: F401  (fixtures)
 from tests.distributed import helpers
-from tests.distributed.conftest import tiny_data, tiny_params  # noqa: F401  (a fixture)
+from tests.distributed.conftest import tiny_params
 
 cloudpickle.register_pickle_by_value(helpers)
 
 PARAMS = {"train": {"steps": 12, "ckpt_every": 4, "keep_last": 1, "log_every": 2, "sample_n": 0, "lr": 1e-2}}
 
 
-@pytest.fixture(scope="module")
-def state_root() -> Iterator[Path]:
-    """A short path for Ray's files (unix socket paths must stay under 107 characters), this module's own."""
-    root = Path(tempfile.mkdtemp(prefix="flm-", dir="/tmp"))
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _hermetic(state_root: Path) -> Iterator[None]:
-    """Telemetry off and Ray's state in this module's directory; the environment is restored after the module,
-    so the later Ray tests start their own embedded Ray, not one pointed at this module's (gone) cluster."""
-    from flm.environment import hermetic
-
-    saved = dict(os.environ)
-    hermetic(state_root / "state")
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-def stage_for(tiny_data: dict, out: Path) -> functools.partial:  # noqa: F811
+def stage_for(tiny_data: dict, out: Path) -> functools.partial:
     """``train_flm`` with absolute paths, as the flows build it."""
     paths = StagePaths(tokens=tiny_data["tokens"], tokenizer=tiny_data["tokenizer"], models=out / "models",
                        metrics=out / "metrics", state=out / "state")
@@ -71,7 +52,7 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(state_root: Path, tiny_data: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: F811
+def reference(state_root: Path, tiny_data: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One uninterrupted two-worker run: its final EMA weights."""
     out = tmp_path_factory.mktemp("reference")
     spec = RayJobSpec(name="reference", storage_path=str(out / "ray"), workers=2, cpus_per_worker=1)
